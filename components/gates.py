@@ -1,0 +1,84 @@
+"""Gates that stop a run: bad data before training, a costly compression before push."""
+import json
+import os
+
+import tensorflow as tf
+from tensorflow_metadata.proto.v0 import anomalies_pb2
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.v1.dsl.components import InputArtifact, OutputArtifact, Parameter, component
+
+COMPRESSION_REPORT = "compression/compression.json"
+
+
+class DataAnomaliesError(RuntimeError):
+    """ExampleValidator found anomalies; the run stops before training."""
+
+
+def describe_anomalies(anomalies_uri: str, split_names: str) -> list:
+    """One line per anomaly: split, feature and TFDV's description."""
+    lines = []
+    for split in artifact_utils.decode_split_names(split_names):
+        path = os.path.join(anomalies_uri, f"Split-{split}", "SchemaDiff.pb")
+        if not tf.io.gfile.exists(path):
+            continue
+        with tf.io.gfile.GFile(path, "rb") as f:
+            anomalies = anomalies_pb2.Anomalies.FromString(f.read())
+        for feature, info in sorted(anomalies.anomaly_info.items()):
+            lines.append(f"[{split}] feature '{feature}': {info.short_description}: {info.description}")
+        if anomalies.HasField("dataset_anomaly_info"):
+            info = anomalies.dataset_anomaly_info
+            lines.append(f"[{split}] dataset: {info.short_description}: {info.description}")
+    return lines
+
+
+@component
+def DataGate(anomalies: InputArtifact[standard_artifacts.ExampleAnomalies]):
+    """Fails the run when ExampleValidator reported any anomaly, naming each one."""
+    lines = describe_anomalies(anomalies.uri, anomalies.split_names)
+    if lines:
+        raise DataAnomaliesError(
+            "the data does not match the schema, so nothing was trained or pushed:\n  "
+            + "\n  ".join(lines) + "\nFix or remove the offending examples (or pass --num-classes / "
+            "--image-shape that match the data) and run again.")
+
+
+def compression_verdict(report: dict, max_accuracy_drop: float) -> str:
+    """Empty when the final stage is within budget of the baseline, else why it is not."""
+    stages = [s for s in ("baseline", "pruned", "pqat") if s in report]
+    baseline, final = report["baseline"]["accuracy"], report[stages[-1]]["accuracy"]
+    if baseline - final <= max_accuracy_drop:
+        return ""
+    steps = ", ".join(f"{a}→{b}: {100 * (report[a]['accuracy'] - report[b]['accuracy']):+.2f} points lost"
+                      for a, b in zip(stages, stages[1:]))
+    return (f"compression lost {100 * (baseline - final):.2f} accuracy points "
+            f"(baseline {baseline:.4f} → {stages[-1]} {final:.4f}; {steps}), more than the budget of "
+            f"{100 * max_accuracy_drop:.2f} points (--max-accuracy-drop)")
+
+
+@component
+def CompressionGate(model_run: InputArtifact[standard_artifacts.ModelRun],
+                    evaluation: InputArtifact[standard_artifacts.ModelBlessing],
+                    blessing: OutputArtifact[standard_artifacts.ModelBlessing],
+                    max_accuracy_drop: Parameter[float]):
+    """Blesses the model only if the Evaluator did and compression cost at most `max_accuracy_drop`.
+
+    The Pusher reads this blessing; the reason for a refusal is in its `reason` custom property.
+    """
+    with tf.io.gfile.GFile(os.path.join(model_run.uri, COMPRESSION_REPORT)) as f:
+        report = json.load(f)
+    reasons = []
+    if evaluation.get_int_custom_property("blessed") != 1:
+        reasons.append("the Evaluator did not bless the model (accuracy under the threshold, or a "
+                       "regression against the last blessed model; see its metrics)")
+    verdict = compression_verdict(report, max_accuracy_drop)
+    if verdict:
+        reasons.append(verdict)
+    for key in ("current_model", "current_model_id", "baseline_model", "baseline_model_id"):
+        if evaluation.has_custom_property(key):
+            blessing.set_custom_property(key, evaluation.get_custom_property(key))
+    blessed = not reasons
+    blessing.set_int_custom_property("blessed", int(blessed))
+    blessing.set_string_custom_property("reason", "; ".join(reasons))
+    tf.io.gfile.makedirs(blessing.uri)
+    with tf.io.gfile.GFile(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w") as f:
+        f.write("; ".join(reasons))

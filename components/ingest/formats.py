@@ -1,0 +1,274 @@
+"""Turning image files into canonical tf.Examples, and finding out what a data folder holds.
+
+Every example the pipeline sees downstream has the same two features, whatever came in:
+  image  int64 list of H*W*C pixel values in 0..255 (row-major, channels last)
+  label  int64 class index in 0..num_classes-1
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import re
+import struct
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_KEY = "image"
+LABEL_KEY = "label"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfr", ".gz")
+_SPAN_DIR = re.compile(r"^span-(\d+)$")
+
+
+class DataError(ValueError):
+    """The input data cannot be used; the message says what is wrong and what to do."""
+
+
+Shape = Tuple[int, int, int]
+
+
+def to_example(pixels: np.ndarray, label: int) -> tf.train.Example:
+    return tf.train.Example(features=tf.train.Features(feature={
+        IMAGE_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=pixels.reshape(-1).tolist())),
+        LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+    }))
+
+
+def fit_image(image: Image.Image, shape: Shape) -> np.ndarray:
+    """Converts a PIL image to `shape` (H, W, C): grayscale or RGB, bilinear resize."""
+    height, width, channels = shape
+    image = image.convert("L" if channels == 1 else "RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.BILINEAR)
+    return np.asarray(image, dtype=np.uint8).reshape(shape)
+
+
+def decode_image(data: bytes, shape: Shape, where: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return fit_image(image, shape)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(f"{where}: not a readable PNG/JPEG image ({e}). Remove or replace the file.") from e
+
+
+def _read(path: str) -> bytes:
+    with tf.io.gfile.GFile(path, "rb") as f:
+        data = f.read()
+    return gzip.decompress(data) if path.endswith(".gz") else data
+
+
+# ----------------------------------------------------------------------------- image folders
+def read_image_file(path: str, class_names: Sequence[str], shape: Shape) -> Iterator[Tuple[np.ndarray, int]]:
+    """One example from `<class>/<file>`; files that are not images are skipped."""
+    if not path.lower().endswith(IMAGE_EXTENSIONS):
+        return
+    class_name = os.path.basename(os.path.dirname(path))
+    if class_name not in class_names:
+        raise DataError(f"{path}: class folder '{class_name}' is not one of the known classes "
+                        f"{list(class_names)}. Pass --num-classes/--data with the full class list.")
+    yield decode_image(_read(path), shape, path), class_names.index(class_name)
+
+
+# ----------------------------------------------------------------------------- IDX (MNIST format)
+def _idx_array(path: str, expected_dims: int) -> np.ndarray:
+    data = _read(path)
+    if len(data) < 4:
+        raise DataError(f"{path}: too short to be an IDX file.")
+    zero, dtype_code, dims = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08 or dims != expected_dims:
+        raise DataError(f"{path}: not an unsigned-byte IDX file with {expected_dims} dimensions "
+                        f"(header {data[:4].hex()}).")
+    shape = struct.unpack(">" + "I" * dims, data[4:4 + 4 * dims])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims)
+    if body.size != int(np.prod(shape)):
+        raise DataError(f"{path}: header says {shape} but holds {body.size} bytes; the file is truncated.")
+    return body.reshape(shape)
+
+
+def idx_labels_path(images_path: str) -> str:
+    return images_path.replace("images", "labels").replace("idx3", "idx1")
+
+
+def read_idx_file(images_path: str, shape: Shape) -> Iterator[Tuple[np.ndarray, int]]:
+    labels_path = idx_labels_path(images_path)
+    if not tf.io.gfile.exists(labels_path):
+        raise DataError(f"{images_path}: no labels file {labels_path} beside it.")
+    images, labels = _idx_array(images_path, 3), _idx_array(labels_path, 1)
+    if len(images) != len(labels):
+        raise DataError(f"{images_path} holds {len(images)} images but {labels_path} {len(labels)} labels.")
+    for pixels, label in zip(images, labels):
+        if pixels.shape != shape[:2] or shape[2] != 1:
+            pixels = fit_image(Image.fromarray(pixels), shape)
+        yield pixels.reshape(shape), int(label)
+
+
+# ----------------------------------------------------------------------------- TFRecords of tf.Example
+def _is_encoded_image(data: bytes) -> bool:
+    return data[:8] == b"\x89PNG\r\n\x1a\n" or data[:3] == b"\xff\xd8\xff"
+
+
+def parse_record(record: bytes, image_feature: str, label_feature: str, shape: Shape,
+                 class_names: Optional[Sequence[str]] = None) -> Tuple[np.ndarray, int]:
+    """Reads the image and label of one serialized tf.Example under any feature names."""
+    example = tf.train.Example.FromString(record)
+    features = example.features.feature
+    for name in (image_feature, label_feature):
+        if name not in features:
+            raise DataError(f"a tf.Example has no feature '{name}' (it has {sorted(features)}). "
+                            "Name the features with --image-feature and --label-feature.")
+    image, label = features[image_feature], features[label_feature]
+    size = int(np.prod(shape))
+    if image.bytes_list.value:
+        data = image.bytes_list.value[0]
+        if _is_encoded_image(data):
+            pixels = decode_image(data, shape, f"feature '{image_feature}'")
+        elif len(data) == size:
+            pixels = np.frombuffer(data, dtype=np.uint8)
+        else:
+            raise DataError(f"feature '{image_feature}' holds {len(data)} raw bytes, not the {size} of "
+                            f"image shape {shape}. Pass the right --image-shape.")
+    else:
+        values = np.asarray(image.float_list.value or image.int64_list.value)
+        if values.size != size:
+            raise DataError(f"feature '{image_feature}' holds {values.size} values, not the {size} of "
+                            f"image shape {shape}. Pass the right --image-shape.")
+        if image.float_list.value and values.max(initial=0.0) <= 1.0:
+            values = values * 255.0  # floats in [0, 1]
+        pixels = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    if label.int64_list.value:
+        label_value = int(label.int64_list.value[0])
+    elif label.bytes_list.value and class_names:
+        name = label.bytes_list.value[0].decode()
+        if name not in class_names:
+            raise DataError(f"label '{name}' is not one of the classes {list(class_names)}.")
+        label_value = list(class_names).index(name)
+    else:
+        raise DataError(f"feature '{label_feature}' must hold one integer class index.")
+    return pixels.reshape(shape), label_value
+
+
+# ----------------------------------------------------------------------------- probing a data folder
+def _latest_span(path: str) -> Tuple[str, str]:
+    """Returns (prefix of the input pattern, folder of the latest span)."""
+    spans = [(int(m.group(1)), name) for name in tf.io.gfile.listdir(path)
+             if (m := _SPAN_DIR.match(name.rstrip("/")))]
+    if not spans:
+        return "", path
+    return "span-{SPAN}/", os.path.join(path, max(spans)[1].rstrip("/"))
+
+
+def _files(folder: str) -> List[str]:
+    return sorted(p for p in tf.io.gfile.glob(os.path.join(folder, "*")) if not tf.io.gfile.isdir(p))
+
+
+def _class_dirs(folder: str) -> List[str]:
+    return sorted(name.rstrip("/") for name in tf.io.gfile.listdir(folder)
+                  if tf.io.gfile.isdir(os.path.join(folder, name))
+                  and any(f.lower().endswith(IMAGE_EXTENSIONS)
+                          for f in tf.io.gfile.listdir(os.path.join(folder, name))))
+
+
+def detect_format(folder: str) -> str:
+    files = [os.path.basename(f) for f in _files(folder)]
+    if any("idx3-ubyte" in f for f in files):
+        return "idx"
+    if any(f.endswith(TFRECORD_EXTENSIONS) for f in files):
+        return "tfrecord"
+    if _class_dirs(folder):
+        return "images"
+    raise DataError(f"{folder}: found no data. Expected one sub-folder per class holding PNG/JPEG images, "
+                    "MNIST-format IDX files (train-images-idx3-ubyte[.gz] and its labels), or TFRecord "
+                    "files of tf.Example (*.tfrecord).")
+
+
+def probe(spec) -> None:
+    """Fills `spec` (a pipeline.config.DataSpec) from its data: format, input pattern, shape, classes."""
+    if not tf.io.gfile.isdir(spec.path):
+        raise DataError(f"--data {spec.path}: no such folder.")
+    prefix, folder = _latest_span(spec.path)
+    fmt = detect_format(folder) if spec.format == "auto" else spec.format
+    spec.format = fmt
+    if fmt == "images":
+        classes = _class_dirs(folder)
+        if not classes:
+            raise DataError(f"{folder}: no images found. Expected one sub-folder per class holding "
+                            "PNG/JPEG files.")
+        spec.class_names = spec.class_names or classes
+        spec.input_pattern = prefix + "*/*"
+        if spec.image_shape is None:
+            first = next(f for f in _files(os.path.join(folder, classes[0]))
+                         if f.lower().endswith(IMAGE_EXTENSIONS))
+            with Image.open(io.BytesIO(_read(first))) as image:
+                channels = 1 if image.mode in ("1", "L", "LA", "I", "I;16", "P") else 3
+                spec.image_shape = (image.height, image.width, channels)
+        spec.num_classes = spec.num_classes or len(spec.class_names)
+    elif fmt == "idx":
+        images = [f for f in _files(folder) if "idx3-ubyte" in f]
+        if not images:
+            raise DataError(f"{folder}: no IDX image files (*-images-idx3-ubyte[.gz]).")
+        spec.input_pattern = prefix + "*idx3-ubyte*"
+        if spec.image_shape is None:
+            spec.image_shape = (*_idx_array(images[0], 3).shape[1:], 1)
+        if spec.num_classes is None:
+            spec.num_classes = int(max(_idx_array(idx_labels_path(f), 1).max() for f in images)) + 1
+    elif fmt == "tfrecord":
+        files = [f for f in _files(folder) if f.endswith(TFRECORD_EXTENSIONS)]
+        if not files:
+            raise DataError(f"{folder}: no TFRecord files (*.tfrecord, *.tfrecords, *.gz).")
+        spec.input_pattern = prefix + "*"
+        compression = "GZIP" if files[0].endswith(".gz") else ""
+        records = tf.data.TFRecordDataset(files, compression_type=compression)
+        if spec.image_shape is None:
+            first = tf.train.Example.FromString(next(iter(records)).numpy())
+            feature = first.features.feature.get(spec.image_feature)
+            data = feature.bytes_list.value[0] if feature is not None and feature.bytes_list.value else b""
+            if not _is_encoded_image(data):
+                raise DataError(f"{folder}: feature '{spec.image_feature}' is not an encoded PNG/JPEG, so the "
+                                "image shape cannot be read from it. Pass --image-shape H,W,C.")
+            with Image.open(io.BytesIO(data)) as image:
+                spec.image_shape = (image.height, image.width, 1 if image.mode in ("1", "L", "LA") else 3)
+        if spec.num_classes is None:
+            labels = [parse_record(r.numpy(), spec.image_feature, spec.label_feature,
+                                   tuple(spec.image_shape), spec.class_names)[1] for r in records]
+            if not labels:
+                raise DataError(f"{folder}: the TFRecord files hold no examples.")
+            spec.num_classes = max(labels) + 1
+    else:
+        raise DataError(f"--format {fmt}: unknown; use auto, images, idx or tfrecord.")
+    spec.image_shape = tuple(int(d) for d in spec.image_shape)
+    if spec.num_classes < 2:
+        raise DataError(f"{spec.path}: found {spec.num_classes} class; a classifier needs at least 2.")
+
+
+def write_digits(folder: str, span: int = 1, seed: Optional[int] = None) -> str:
+    """Writes scikit-learn's bundled 8x8 digits as canonical tf.Examples into `folder/span-N/`.
+
+    `seed` shuffles the examples and shifts each image by a pixel, to make a distinct second span.
+    Idempotent: an existing span is left as it is. Returns the span's folder.
+    """
+    from sklearn.datasets import load_digits
+
+    span_dir = os.path.join(folder, f"span-{span}")
+    target = os.path.join(span_dir, "digits.tfrecord")
+    if tf.io.gfile.exists(target):
+        return span_dir
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = digits.target
+    if seed is not None:
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(labels))
+        images, labels = images[order], labels[order]
+        shifts = rng.integers(-1, 2, size=(len(labels), 2))
+        images = np.stack([np.roll(im, tuple(s), axis=(0, 1)) for im, s in zip(images, shifts)])
+    tf.io.gfile.makedirs(span_dir)
+    tmp = target + ".tmp"
+    with tf.io.TFRecordWriter(tmp) as writer:
+        for pixels, label in zip(images, labels):
+            writer.write(to_example(pixels, int(label)).SerializeToString())
+    tf.io.gfile.rename(tmp, target, overwrite=True)
+    return span_dir

@@ -1,0 +1,37 @@
+"""A SchemaGen that writes the schema the data must meet, from the pipeline's settings.
+
+Inferring a schema from the first span would accept whatever that span holds; this one states
+the contract: every example has one label in 0..num_classes-1 and exactly H*W*C pixels in
+0..255, and no split is empty. ExampleValidator then flags each violation as an anomaly.
+"""
+import os
+
+import tensorflow as tf
+from tensorflow_metadata.proto.v0 import schema_pb2
+from tfx.types import standard_artifacts
+from tfx.v1.dsl.components import OutputArtifact, Parameter, component
+
+
+def make_schema(image_size: int, num_classes: int) -> schema_pb2.Schema:
+    schema = schema_pb2.Schema()
+    schema.dataset_constraints.min_examples_count = 1
+    image = schema.feature.add(name="image", type=schema_pb2.INT)
+    image.value_count.min = image.value_count.max = image_size
+    image.presence.min_fraction = 1.0
+    image.int_domain.min, image.int_domain.max = 0, 255
+    label = schema.feature.add(name="label", type=schema_pb2.INT)
+    label.value_count.min = label.value_count.max = 1
+    label.presence.min_fraction = 1.0
+    label.int_domain.min, label.int_domain.max = 0, num_classes - 1
+    return schema
+
+
+@component
+def ConfigSchemaGen(schema: OutputArtifact[standard_artifacts.Schema],
+                    image_size: Parameter[int], num_classes: Parameter[int]):
+    """Writes schema.pbtxt for images of `image_size` pixel values and `num_classes` classes."""
+    from google.protobuf import text_format
+
+    tf.io.gfile.makedirs(schema.uri)
+    with tf.io.gfile.GFile(os.path.join(schema.uri, "schema.pbtxt"), "w") as f:
+        f.write(text_format.MessageToString(make_schema(image_size, num_classes)))

@@ -1,0 +1,211 @@
+"""`python -m pipeline run|compile|tensorboard`: the command line, mapped onto PipelineConfig.
+
+Exit codes: 0 ok, 1 the run failed (or its model was not pushed), 2 bad usage or unreadable data.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pipeline import config as cfg  # noqa: E402  (pipeline/__init__ sets legacy Keras first)
+
+EXAMPLES = """examples:
+  python -m pipeline run                                   # bundled 8x8 digits → artifacts/
+  python -m pipeline run --data ~/pets --format images     # one sub-folder per class
+  python -m pipeline run --data ~/mnist --format idx       # train-images-idx3-ubyte.gz + labels
+  python -m pipeline run --data ~/recs --format tfrecord --image-feature img --label-feature y \\
+      --image-shape 28,28,1
+  python -m pipeline run --target-sparsity 0.5 --no-qat
+  python -m pipeline compile --runner kubeflow --pipeline-root gs://bucket/root \\
+      --image gcr.io/me/digits-pipeline:latest --output digits.json
+  python -m pipeline tensorboard --output artifacts
+"""
+
+
+class UsageError(Exception):
+    pass
+
+
+def _shape(text: str):
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1 or shape[2] not in (1, 3):
+        raise argparse.ArgumentTypeError(f"'{text}' is not H,W,C with C 1 (grey) or 3 (RGB), e.g. 28,28,1")
+    return shape
+
+
+def _fraction(text: str):
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1)")
+    return value
+
+
+def _positive(text: str):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", help="data folder (spans in span-N/ sub-folders); default: bundled digits")
+    data.add_argument("--format", choices=cfg.FORMATS, default="auto")
+    data.add_argument("--image-feature", default="image", help="TFRecords: the image feature's name")
+    data.add_argument("--label-feature", default="label", help="TFRecords: the label feature's name")
+    data.add_argument("--image-shape", type=_shape, help="H,W,C the model sees (default: from the data)")
+    data.add_argument("--num-classes", type=_positive, help="number of classes (default: from the data)")
+    data.add_argument("--input-pattern", help="glob under --data ({SPAN} for spans); default: by format")
+    parser.add_argument("--output", default="artifacts", help="output folder (default: artifacts)")
+    parser.add_argument("--model-name", default="digits", help="served model name (default: digits)")
+    parser.add_argument("--pipeline-name", default=None, help="TFX pipeline name (default: the model name)")
+    train = parser.add_argument_group("training")
+    for field in ("epochs", "batch_size", "dense_units"):
+        train.add_argument("--" + field.replace("_", "-"), type=_positive)
+    train.add_argument("--learning-rate", type=float)
+    comp = parser.add_argument_group("compression")
+    comp.add_argument("--no-prune", action="store_true", help="skip magnitude pruning")
+    comp.add_argument("--no-qat", action="store_true", help="skip quantization-aware training")
+    comp.add_argument("--target-sparsity", type=_fraction)
+    comp.add_argument("--prune-epochs", type=_positive)
+    comp.add_argument("--qat-epochs", type=_positive)
+    comp.add_argument("--max-accuracy-drop", type=float,
+                      help="largest accuracy loss of compression vs. the baseline (default 0.01 = 1 point)")
+    gate = parser.add_argument_group("evaluation")
+    gate.add_argument("--min-accuracy", type=float, help="Evaluator's absolute accuracy floor (default 0.9)")
+    gate.add_argument("--max-regression", type=float,
+                      help="largest accuracy drop vs. the last blessed model (default 0.02)")
+    parser.add_argument("--beam-arg", action="append", default=None, metavar="ARG",
+                        help="Beam pipeline argument, repeatable (default: DirectRunner, multi-processing)")
+    parser.add_argument("--no-cache", action="store_true", help="run every component even if cached")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's and TFX's own logs")
+
+
+def config_from_args(args) -> cfg.PipelineConfig:
+    config = cfg.PipelineConfig(model_name=args.model_name, pipeline_name=args.pipeline_name or args.model_name,
+                                output_dir=args.output, enable_cache=not args.no_cache)
+    config.data = cfg.DataSpec(path=args.data, format=args.format, image_feature=args.image_feature,
+                               label_feature=args.label_feature, image_shape=args.image_shape,
+                               num_classes=args.num_classes, input_pattern=args.input_pattern or "")
+    for field in ("epochs", "batch_size", "dense_units", "learning_rate"):
+        if getattr(args, field) is not None:
+            setattr(config.hparams, field, getattr(args, field))
+    c = config.compression
+    c.prune, c.qat = not args.no_prune, not args.no_qat
+    for field in ("target_sparsity", "prune_epochs", "qat_epochs", "max_accuracy_drop"):
+        if getattr(args, field) is not None:
+            setattr(c, field, getattr(args, field))
+    if args.min_accuracy is not None:
+        config.thresholds.min_accuracy = args.min_accuracy
+    if args.max_regression is not None:
+        config.thresholds.max_accuracy_regression = args.max_regression
+    if args.beam_arg:
+        config.beam_args = args.beam_arg
+    return config
+
+
+def _quiet(verbose: bool) -> None:
+    import absl.logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
+    absl.logging.set_verbosity(absl.logging.INFO if verbose else absl.logging.WARNING)
+    if not verbose:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        for name in ("tensorflow", "apache_beam", "absl", "tfx", "tensorflow_model_analysis"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger().setLevel(logging.INFO)
+        # TFX announces components through absl; keep those lines.
+        absl.logging.get_absl_logger().addFilter(lambda r: r.levelno >= logging.WARNING or "Component" in r.msg)
+
+
+def _print_summary(result, output_dir: str) -> None:
+    print("\ncomponent                          state      seconds")
+    for c in result.components:
+        print(f"  {c.name:32s} {c.state:10s} {c.seconds:7.1f}")
+    report = result.compression_report
+    if report:
+        print("\ncompression (eval split):")
+        print(f"  {'stage':12s} {'accuracy':>8s} {'sparsity':>8s} {'KB':>9s} {'gzip KB':>9s} {'ms':>7s}")
+        for stage in ("baseline", "pruned", "pqat", "tflite_int8"):
+            if stage in report:
+                r = report[stage]
+                print(f"  {stage:12s} {r['accuracy']:8.4f} {r['sparsity']:8.3f} {r['size_bytes'] / 1024:9.1f} "
+                      f"{r['gzip_bytes'] / 1024:9.1f} {r['latency_ms']:7.3f}")
+        print(f"  report: {os.path.join(output_dir, 'report', 'compression.md')} (plot: compression.png)")
+    if result.pushed:
+        print(f"\npushed: {result.pushed_dir}")
+        print(f"tensorboard: python -m pipeline tensorboard --output {output_dir}")
+    else:
+        print(f"\nNOT pushed: {result.refusal or 'see the log above'}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the pipeline locally (LocalDagRunner)", epilog=EXAMPLES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_settings(run)
+    comp = commands.add_parser("compile", help="write a Kubeflow Pipelines v2 spec", epilog=EXAMPLES,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_settings(comp)
+    comp.add_argument("--runner", choices=["kubeflow"], default="kubeflow")
+    comp.add_argument("--pipeline-root", required=True, help="e.g. gs://bucket/pipeline_root")
+    comp.add_argument("--image", required=True, help="container image built from the Dockerfile")
+    comp.add_argument("--output", dest="spec", required=True, metavar="FILE.json")
+    board = commands.add_parser("tensorboard", help="serve TensorBoard on every Trainer run")
+    board.add_argument("--output", default="artifacts")
+    board.add_argument("--port", type=int, default=6006)
+    board.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args(argv)
+
+    if args.command == "tensorboard":
+        logdir = os.path.join(args.output, "pipeline_root", "Trainer", "model_run")
+        if not os.path.isdir(logdir):
+            print(f"error: no Trainer runs under {logdir}; run `python -m pipeline run` first", file=sys.stderr)
+            return 2
+        os.execvp(sys.executable, [sys.executable, "-m", "tensorboard.main", "--logdir", logdir,
+                                   "--host", args.host, "--port", str(args.port)])
+
+    _quiet(args.verbose)
+    config = config_from_args(args)
+    from components.ingest.formats import DataError
+    from pipeline import runners
+
+    if args.command == "compile":
+        try:
+            spec = runners.compile_kubeflow(config, args.pipeline_root, args.image, args.spec)
+        except (DataError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.spec}: {len(spec['pipelineSpec']['root']['dag']['tasks'])} components, "
+              f"image {args.image}, pipeline root {args.pipeline_root}")
+        return 0
+
+    start = time.time()
+    try:
+        result = runners.run_local(config)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except runners.PipelineFailed as e:
+        _print_summary(e.result, config.output_dir)
+        print(f"\nerror: the run failed: {e.cause}", file=sys.stderr)
+        return 1
+    _print_summary(result, config.output_dir)
+    print(f"total {time.time() - start:.0f} s")
+    return 0 if result.pushed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""One typed settings object for a pipeline run.
+
+The CLI maps its flags onto `PipelineConfig`; nothing else reads flags. The parts that code
+inside the pipeline needs travel to it as JSON (`custom_config`), never as module globals.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import List, Optional, Tuple
+
+FORMATS = ("auto", "images", "idx", "tfrecord")
+
+
+@dataclasses.dataclass
+class HParams:
+    """Training hyperparameters of the CNN (models/cnn.py reads them)."""
+
+    epochs: int = 12
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    conv_filters: Tuple[int, ...] = (32, 64)
+    dense_units: int = 256
+    dropout: float = 0.3
+
+
+@dataclasses.dataclass
+class Compression:
+    """Pruning and quantization-aware training after the float baseline."""
+
+    prune: bool = True
+    target_sparsity: float = 0.8
+    prune_epochs: int = 6
+    qat: bool = True
+    qat_epochs: int = 3
+    max_accuracy_drop: float = 0.01  # PQAT may lose at most this much accuracy vs. the baseline
+
+
+@dataclasses.dataclass
+class Thresholds:
+    """The Evaluator's quality gate."""
+
+    min_accuracy: float = 0.9
+    max_accuracy_regression: float = 0.02  # against the latest blessed model
+
+
+@dataclasses.dataclass
+class DataSpec:
+    """What the input data is and how to read it.
+
+    `image_shape`, `num_classes` and `class_names` are filled from the data by
+    `components.ingest.probe` when not given.
+    """
+
+    path: Optional[str] = None  # None: the bundled scikit-learn digits
+    format: str = "auto"
+    image_feature: str = "image"
+    label_feature: str = "label"
+    image_shape: Optional[Tuple[int, int, int]] = None
+    num_classes: Optional[int] = None
+    class_names: Optional[List[str]] = None
+    input_pattern: str = ""  # relative to `path`; filled by the probe ({SPAN} when spans exist)
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    pipeline_name: str = "digits"
+    model_name: str = "digits"
+    output_dir: str = "artifacts"
+    data: DataSpec = dataclasses.field(default_factory=DataSpec)
+    hparams: HParams = dataclasses.field(default_factory=HParams)
+    compression: Compression = dataclasses.field(default_factory=Compression)
+    thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
+    eval_fraction_buckets: Tuple[int, int] = (4, 1)  # train:eval hash buckets
+    beam_args: List[str] = dataclasses.field(
+        default_factory=lambda: ["--direct_running_mode=multi_processing", "--direct_num_workers=0"])
+    enable_cache: bool = True
+
+    # Where things live under the output directory.
+    @property
+    def pipeline_root(self) -> str:
+        return os.path.join(self.output_dir, "pipeline_root")
+
+    @property
+    def metadata_path(self) -> str:
+        return os.path.join(self.output_dir, "metadata.sqlite")
+
+    @property
+    def serving_dir(self) -> str:
+        return os.path.join(self.output_dir, "serving", self.model_name)
+
+    @property
+    def report_dir(self) -> str:
+        return os.path.join(self.output_dir, "report")
+
+    def trainer_config(self) -> dict:
+        """The settings the Trainer's run_fn receives as custom_config."""
+        return {
+            "image_shape": list(self.data.image_shape),
+            "num_classes": self.data.num_classes,
+            "hparams": dataclasses.asdict(self.hparams),
+            "compression": dataclasses.asdict(self.compression),
+        }
