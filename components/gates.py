@@ -73,9 +73,11 @@ def CompressionGate(model_run: InputArtifact[standard_artifacts.ModelRun],
     verdict = compression_verdict(report, max_accuracy_drop)
     if verdict:
         reasons.append(verdict)
-    for key in ("current_model", "current_model_id", "baseline_model", "baseline_model_id"):
+    for key in ("current_model", "baseline_model"):  # what the Evaluator compared, for the Resolver
         if evaluation.has_custom_property(key):
-            blessing.set_custom_property(key, evaluation.get_custom_property(key))
+            blessing.set_string_custom_property(key, evaluation.get_string_custom_property(key))
+        if evaluation.has_custom_property(key + "_id"):
+            blessing.set_int_custom_property(key + "_id", evaluation.get_int_custom_property(key + "_id"))
     blessed = not reasons
     blessing.set_int_custom_property("blessed", int(blessed))
     blessing.set_string_custom_property("reason", "; ".join(reasons))

@@ -16,11 +16,11 @@ def make_schema(image_size: int, num_classes: int) -> schema_pb2.Schema:
     schema = schema_pb2.Schema()
     schema.dataset_constraints.min_examples_count = 1
     image = schema.feature.add(name="image", type=schema_pb2.INT)
-    image.value_count.min = image.value_count.max = image_size
+    image.shape.dim.add().size = image_size
     image.presence.min_fraction = 1.0
     image.int_domain.min, image.int_domain.max = 0, 255
     label = schema.feature.add(name="label", type=schema_pb2.INT)
-    label.value_count.min = label.value_count.max = 1
+    label.shape.dim.add().size = 1
     label.presence.min_fraction = 1.0
     label.int_domain.min, label.int_domain.max = 0, num_classes - 1
     return schema

@@ -62,9 +62,12 @@ def weight_sparsity(named_weights):
 
 
 def savedmodel_kernels(export_dir: str):
-    loaded = tf.saved_model.load(export_dir)
-    return [(v.name.split(":")[0], v.numpy()) for v in loaded.variables
-            if v.name.split(":")[0].endswith("kernel") and len(v.shape) >= 2]
+    """(checkpoint key, value) of every weight matrix (conv/dense kernel) in a SavedModel's variables."""
+    reader = tf.train.load_checkpoint(os.path.join(export_dir, "variables", "variables"))
+    suffix = "/.ATTRIBUTES/VARIABLE_VALUE"
+    return [(key[len("weights/"):-len(suffix)], reader.get_tensor(key))
+            for key, shape in sorted(reader.get_variable_to_shape_map().items())
+            if key.startswith("weights/") and key.endswith("kernel" + suffix) and len(shape) >= 2]
 
 
 def tflite_kernels(tflite_model: bytes):

@@ -13,10 +13,22 @@ import tensorflow as tf
 from models.preprocessing import IMAGE_KEY
 
 
+class _Untracked:
+    """Holds the Keras model without making it a SavedModel dependency (its optimizer stays out)."""
+
+    def __init__(self, model):
+        self.model = model
+
+
 class ServingModule(tf.Module):
     def __init__(self, model, tft_output, image_shape):
         super().__init__()
-        self.model = model
+        self._keras = _Untracked(model)
+        # The network's variables, saved under readable names: weights/<layer>.<variable>.
+        self.weights = {}
+        for variable in model.variables:
+            name = variable.name.split(":")[0].replace("/", ".")
+            self.weights[name if name not in self.weights else f"{name}_{len(self.weights)}"] = variable
         self.tft_layer = tft_output.transform_features_layer()
         self.image_shape = tuple(int(d) for d in image_shape)
         spec = tft_output.raw_feature_spec()
@@ -30,7 +42,7 @@ class ServingModule(tf.Module):
 
     def _from_raw(self, image):
         transformed = self.tft_layer({IMAGE_KEY: image})
-        probabilities = tf.cast(self.model(transformed[IMAGE_KEY], training=False), tf.float32)
+        probabilities = tf.cast(self._keras.model(transformed[IMAGE_KEY], training=False), tf.float32)
         return {"probabilities": probabilities, "classes": tf.argmax(probabilities, axis=-1)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])

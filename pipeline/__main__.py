@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if {"-v", "--verbose"} & set(sys.argv) else "3")
 
 from pipeline import config as cfg  # noqa: E402  (pipeline/__init__ sets legacy Keras first)
 
@@ -55,7 +55,7 @@ def _positive(text: str):
     return value
 
 
-def _add_settings(parser: argparse.ArgumentParser) -> None:
+def _add_settings(parser: argparse.ArgumentParser, output_dir: bool = True) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--data", help="data folder (spans in span-N/ sub-folders); default: bundled digits")
     data.add_argument("--format", choices=cfg.FORMATS, default="auto")
@@ -64,7 +64,8 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--image-shape", type=_shape, help="H,W,C the model sees (default: from the data)")
     data.add_argument("--num-classes", type=_positive, help="number of classes (default: from the data)")
     data.add_argument("--input-pattern", help="glob under --data ({SPAN} for spans); default: by format")
-    parser.add_argument("--output", default="artifacts", help="output folder (default: artifacts)")
+    if output_dir:
+        parser.add_argument("--output", default="artifacts", help="output folder (default: artifacts)")
     parser.add_argument("--model-name", default="digits", help="served model name (default: digits)")
     parser.add_argument("--pipeline-name", default=None, help="TFX pipeline name (default: the model name)")
     train = parser.add_argument_group("training")
@@ -91,7 +92,7 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args) -> cfg.PipelineConfig:
     config = cfg.PipelineConfig(model_name=args.model_name, pipeline_name=args.pipeline_name or args.model_name,
-                                output_dir=args.output, enable_cache=not args.no_cache)
+                                output_dir=getattr(args, "output", "artifacts"), enable_cache=not args.no_cache)
     config.data = cfg.DataSpec(path=args.data, format=args.format, image_feature=args.image_feature,
                                label_feature=args.label_feature, image_shape=args.image_shape,
                                num_classes=args.num_classes, input_pattern=args.input_pattern or "")
@@ -123,7 +124,9 @@ def _quiet(verbose: bool) -> None:
         warnings.filterwarnings("ignore")
         for name in ("tensorflow", "apache_beam", "absl", "tfx", "tensorflow_model_analysis"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        logging.getLogger().setLevel(logging.INFO)
+        logging.getLogger().setLevel(logging.WARNING)
+        for name in ("pipeline", "models", "components"):
+            logging.getLogger(name).setLevel(logging.INFO)
         # TFX announces components through absl; keep those lines.
         absl.logging.get_absl_logger().addFilter(lambda r: r.levelno >= logging.WARNING or "Component" in r.msg)
 
@@ -158,7 +161,7 @@ def main(argv=None) -> int:
     _add_settings(run)
     comp = commands.add_parser("compile", help="write a Kubeflow Pipelines v2 spec", epilog=EXAMPLES,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_settings(comp)
+    _add_settings(comp, output_dir=False)
     comp.add_argument("--runner", choices=["kubeflow"], default="kubeflow")
     comp.add_argument("--pipeline-root", required=True, help="e.g. gs://bucket/pipeline_root")
     comp.add_argument("--image", required=True, help="container image built from the Dockerfile")

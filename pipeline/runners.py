@@ -20,8 +20,9 @@ def prepare_data(config: PipelineConfig) -> str:
     if config.data.path is None:
         data_root = os.path.abspath(os.path.join(config.output_dir, "data", "digits"))
         formats.write_digits(data_root)
-        config.data.path = data_root
-        config.data.format = "tfrecord"
+        config.data = dataclasses.replace(config.data, path=data_root, format="tfrecord",
+                                          image_shape=config.data.image_shape or (8, 8, 1),
+                                          num_classes=config.data.num_classes or 10)
     config.data.path = config.data.path if "://" in config.data.path else os.path.abspath(config.data.path)
     formats.probe(config.data)
     return config.data.path
