@@ -38,6 +38,29 @@ def quantize_aware(model, sparse: bool, epochs: int, train, callbacks, compile_f
     return quantized
 
 
+def for_serving(quantized, float_model):
+    """The QAT model rebuilt with the default 8-bit scheme and the same weights, kernels on the int8 grid.
+
+    It computes what `quantized` computes at inference (the fake-quant of an on-grid kernel is the
+    kernel itself), but without the prune-preserve scheme's mask constants in the graph, and
+    its on-grid float kernels take ~1 byte per non-zero weight once gzip-compressed.
+    `float_model` is a fresh float model of the same architecture.
+    """
+    clone = tfmot.quantization.keras.quantize_apply(tfmot.quantization.keras.quantize_annotate_model(float_model))
+    clone.set_weights(quantized.get_weights())
+    for layer in clone.layers:
+        weights = {w.name.split("/")[-1].split(":")[0]: w for w in layer.weights}
+        if not {"kernel", "kernel_min", "kernel_max"} <= set(weights):
+            continue
+        kernel, low, high = weights["kernel"], weights["kernel_min"], weights["kernel_max"]
+        if len(low.shape):  # per output channel (convolutions)
+            snapped = tf.quantization.fake_quant_with_min_max_vars_per_channel(kernel, low, high, 8, True)
+        else:
+            snapped = tf.quantization.fake_quant_with_min_max_vars(kernel, low, high, 8, True)
+        kernel.assign(snapped)
+    return clone
+
+
 def to_tflite(model, representative_images=None) -> bytes:
     """Float TFLite, or full-integer int8 (int8 inputs and outputs) given representative images."""
     converter = tf.lite.TFLiteConverter.from_keras_model(model)

@@ -27,7 +27,7 @@ class ServingModule(tf.Module):
         # The network's variables, saved under readable names: weights/<layer>.<variable>.
         self.weights = {}
         for variable in model.variables:
-            name = variable.name.split(":")[0].replace("/", ".")
+            name = ".".join(part for part in variable.name.split(":")[0].split("/") if part)
             self.weights[name if name not in self.weights else f"{name}_{len(self.weights)}"] = variable
         self.tft_layer = tft_output.transform_features_layer()
         self.image_shape = tuple(int(d) for d in image_shape)

@@ -130,6 +130,7 @@ def run_fn(fn_args) -> None:
         with tf.device(plan.devices[0] if plan.kind != "cpu" else "/cpu:0"):
             model = compression.quantize_aware(model, comp["prune"], comp["qat_epochs"], train,
                                                callbacks("pqat"), compile_fn)
+            model = compression.for_serving(model, cnn.build_model(image_shape, num_classes, hp))
         models["pqat"] = model
 
     # 4. export the final model for serving, the earlier stages for measurement, and int8 TFLite

@@ -10,7 +10,9 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if {"-v", "--verbose"} & set(sys.argv) else "3")
+if not {"-v", "--verbose"} & set(sys.argv):  # quiet TensorFlow's C++ logs and warnings, Beam workers too
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
 from pipeline import config as cfg  # noqa: E402  (pipeline/__init__ sets legacy Keras first)
 

@@ -99,5 +99,7 @@ class PipelineConfig:
             "image_shape": list(self.data.image_shape),
             "num_classes": self.data.num_classes,
             "hparams": dataclasses.asdict(self.hparams),
-            "compression": dataclasses.asdict(self.compression),
+            # max_accuracy_drop is the gate's, not the Trainer's: changing it must not retrain.
+            "compression": {k: v for k, v in dataclasses.asdict(self.compression).items()
+                            if k != "max_accuracy_drop"},
         }

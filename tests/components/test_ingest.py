@@ -1,0 +1,155 @@
+"""Ingestion from each format through the real ExampleGen PTransform (Beam, in process)."""
+import gzip
+import io
+import os
+import struct
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import tensorflow as tf
+from apache_beam.testing.util import assert_that
+from PIL import Image
+
+from components.ingest import executor, formats
+from pipeline.config import DataSpec
+
+
+def _examples(spec: DataSpec):
+    """Runs the ExampleGen input PTransform over the latest span; returns (pixels, label) pairs."""
+    props = {"input_base": spec.path, "custom_config": {
+        "format": spec.format, "image_shape": list(spec.image_shape), "class_names": spec.class_names,
+        "image_feature": spec.image_feature, "label_feature": spec.label_feature}}
+    pattern = spec.input_pattern.replace("{SPAN}", "*")
+    collected = []
+
+    def collect(examples):
+        collected.extend(examples)
+
+    with beam.Pipeline() as p:
+        examples = p | executor._files_to_examples(props, pattern)
+        assert_that(examples, collect)
+    return [(np.asarray(e.features.feature["image"].int64_list.value),
+             e.features.feature["label"].int64_list.value[0]) for e in collected]
+
+
+def _png(array, fmt="PNG"):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_bundled_digits_are_written_once_and_probed(tmp_path):
+    span = formats.write_digits(str(tmp_path))
+    first = os.path.getmtime(os.path.join(span, "digits.tfrecord"))
+    formats.write_digits(str(tmp_path))
+    assert os.path.getmtime(os.path.join(span, "digits.tfrecord")) == first
+    spec = DataSpec(path=str(tmp_path), image_shape=(8, 8, 1))
+    formats.probe(spec)
+    assert (spec.format, spec.num_classes, spec.input_pattern) == ("tfrecord", 10, "span-{SPAN}/*")
+    pairs = _examples(spec)
+    assert len(pairs) == 1797
+    assert {label for _, label in pairs} == set(range(10))
+    assert all(p.shape == (64,) and p.max() <= 255 for p, _ in pairs)
+
+
+def test_image_folder_any_size_and_colour_is_resized(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls, count in (("cat", 3), ("dog", 2)):
+        (tmp_path / cls).mkdir()
+        for i in range(count):
+            rgb = rng.integers(0, 255, size=(20 + i, 30, 3), dtype=np.uint8)
+            (tmp_path / cls / f"{i}.{'png' if i % 2 else 'jpg'}").write_bytes(
+                _png(rgb, "PNG" if i % 2 else "JPEG"))
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    spec = DataSpec(path=str(tmp_path), image_shape=(16, 16, 1))
+    formats.probe(spec)
+    assert spec.format == "images" and spec.class_names == ["cat", "dog"] and spec.num_classes == 2
+    pairs = _examples(spec)
+    assert sorted(label for _, label in pairs) == [0, 0, 0, 1, 1]
+    assert all(p.shape == (256,) for p, _ in pairs)
+
+
+def test_image_folder_shape_follows_the_first_image(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / "x.png").write_bytes(_png(np.zeros((12, 10, 3), np.uint8)))
+    spec = DataSpec(path=str(tmp_path))
+    formats.probe(spec)
+    assert spec.image_shape == (12, 10, 3)
+
+
+def _write_idx(folder, images, labels, gz=True):
+    def idx(array, code_dims):
+        header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
+        return header + array.astype(np.uint8).tobytes()
+    open_ = gzip.open if gz else open
+    suffix = ".gz" if gz else ""
+    with open_(os.path.join(folder, "train-images-idx3-ubyte" + suffix), "wb") as f:
+        f.write(idx(images, 3))
+    with open_(os.path.join(folder, "train-labels-idx1-ubyte" + suffix), "wb") as f:
+        f.write(idx(labels, 1))
+
+
+def test_idx_files(tmp_path):
+    images = np.random.default_rng(1).integers(0, 255, size=(7, 28, 28), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 3, 4, 5, 6])
+    _write_idx(str(tmp_path), images, labels)
+    spec = DataSpec(path=str(tmp_path))
+    formats.probe(spec)
+    assert (spec.format, spec.image_shape, spec.num_classes) == ("idx", (28, 28, 1), 7)
+    pairs = sorted(_examples(spec), key=lambda p: p[1])
+    assert [label for _, label in pairs] == list(range(7))
+    np.testing.assert_array_equal(pairs[3][0], images[3].reshape(-1))
+
+
+def test_tfrecords_with_other_feature_names_and_encodings(tmp_path):
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 255, size=(3, 6, 6, 1), dtype=np.uint8)
+    encodings = [
+        tf.train.Feature(bytes_list=tf.train.BytesList(value=[_png(pixels[0][..., 0])])),
+        tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixels[1].tobytes()])),
+        tf.train.Feature(float_list=tf.train.FloatList(value=(pixels[2].reshape(-1) / 255.0).tolist())),
+    ]
+    with tf.io.TFRecordWriter(str(tmp_path / "data.tfrecord")) as writer:
+        for label, image in enumerate(encodings):
+            writer.write(tf.train.Example(features=tf.train.Features(feature={
+                "img": image, "y": tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}))
+                .SerializeToString())
+    spec = DataSpec(path=str(tmp_path), image_feature="img", label_feature="y", image_shape=(6, 6, 1))
+    formats.probe(spec)
+    assert spec.format == "tfrecord" and spec.num_classes == 3
+    pairs = sorted(_examples(spec), key=lambda p: p[1])
+    for (got, label), want in zip(pairs, pixels):
+        np.testing.assert_array_equal(got, want.reshape(-1))
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / "ok.png").write_bytes(_png(np.zeros((8, 8), np.uint8)))
+    (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    spec = DataSpec(path=str(tmp_path))
+    formats.probe(spec)
+    with pytest.raises(Exception, match=r"broken\.png: not a readable PNG/JPEG image"):
+        _examples(spec)
+
+
+@pytest.mark.parametrize("make", ["empty", "empty_classes", "missing"])
+def test_empty_or_missing_folder_is_a_clear_error(tmp_path, make):
+    path = tmp_path / "data"
+    if make != "missing":
+        path.mkdir()
+    if make == "empty_classes":
+        (path / "a").mkdir()
+        (path / "b").mkdir()
+    with pytest.raises(formats.DataError, match="no such folder" if make == "missing" else "found no data"):
+        formats.probe(DataSpec(path=str(path)))
+
+
+def test_raw_bytes_of_the_wrong_size_name_the_shape(tmp_path):
+    example = tf.train.Example(features=tf.train.Features(feature={
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"\x00" * 10])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[0]))}))
+    with pytest.raises(formats.DataError, match=r"10 raw bytes, not the 64 of image shape \(8, 8, 1\)"):
+        formats.parse_record(example.SerializeToString(), "image", "label", (8, 8, 1))

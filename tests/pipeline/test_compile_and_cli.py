@@ -1,0 +1,63 @@
+"""Kubeflow compile (offline) and the CLI's bad-usage paths."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+COMPONENTS = {"FileBasedExampleGen", "StatisticsGen", "ConfigSchemaGen", "ExampleValidator", "DataGate",
+              "Transform", "Trainer", "Evaluator", "CompressionGate", "Pusher"}
+
+
+def cli(*args, timeout=300):
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env, timeout=timeout,
+                          capture_output=True, text=True)
+
+
+def test_kubeflow_compile_writes_a_valid_pipeline_spec(tmp_path):
+    out = tmp_path / "spec" / "digits.json"
+    proc = cli("compile", "--runner", "kubeflow", "--pipeline-root", "gs://bucket/root",
+               "--image", "registry.example/digits-pipeline:1.0", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    job = json.loads(out.read_text())
+    spec = json_format.ParseDict(job["pipelineSpec"], pipeline_spec_pb2.PipelineSpec(),
+                                 ignore_unknown_fields=True)
+    tasks = set(spec.root.dag.tasks)
+    assert COMPONENTS <= tasks, COMPONENTS - tasks
+    executors = job["pipelineSpec"]["deploymentSpec"]["executors"]
+    images = {e["container"]["image"] for e in executors.values() if "container" in e}
+    assert images == {"registry.example/digits-pipeline:1.0"}
+    assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://bucket/root"
+    assert "models.trainer.run_fn" in json.dumps(job)  # a module path: no wheel to upload
+    assert not list(tmp_path.glob("spec/*.tmp"))
+
+
+def test_compile_remote_data_needs_its_shape(tmp_path):
+    proc = cli("compile", "--pipeline-root", "gs://b/r", "--image", "img", "--output", str(tmp_path / "x.json"),
+               "--data", "gs://bucket/data")
+    assert proc.returncode == 2
+    assert "--image-shape" in proc.stderr and "--num-classes" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--image-shape", "8,8"], "is not H,W,C"),
+    (["run", "--target-sparsity", "1.5"], "is not in [0, 1)"),
+    (["run", "--format", "csv"], "invalid choice"),
+    (["compile", "--image", "x"], "required"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_usage_exits_2_with_a_message(args, message):
+    proc = cli(*args, timeout=60)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+def test_missing_data_folder_exits_2(tmp_path):
+    proc = cli("run", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "out"), timeout=120)
+    assert proc.returncode == 2
+    assert "no such folder" in proc.stderr

@@ -1,0 +1,147 @@
+"""The real pipeline on the bundled digits, end to end (LocalDagRunner, SQLite MLMD, real components).
+
+One module-scoped run is shared; later tests rerun it (cache), refuse a push (compression budget)
+and add a second span. Epochs are trimmed to keep `make test` short.
+"""
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.ingest import formats
+from models import compression
+from pipeline import runners
+from pipeline.config import PipelineConfig
+
+pytestmark = pytest.mark.e2e
+TARGET_SPARSITY = 0.8
+
+
+def make_config(output_dir, **compression_overrides) -> PipelineConfig:
+    config = PipelineConfig(output_dir=str(output_dir))
+    config.hparams.epochs = 5
+    config.compression.prune_epochs = 3
+    config.compression.qat_epochs = 1
+    config.compression.target_sparsity = TARGET_SPARSITY
+    config.beam_args = ["--direct_running_mode=in_memory"]
+    for key, value in compression_overrides.items():
+        setattr(config.compression, key, value)
+    return config
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    output = tmp_path_factory.mktemp("e2e")
+    return output, runners.run_local(make_config(output))
+
+
+def eval_examples(output):
+    files = glob.glob(os.path.join(output, "pipeline_root", "FileBasedExampleGen", "examples", "*",
+                                   "Split-eval", "*"))
+    records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    labels = np.array([tf.train.Example.FromString(r).features.feature["label"].int64_list.value[0]
+                       for r in records])
+    pixels = np.array([tf.train.Example.FromString(r).features.feature["image"].int64_list.value
+                       for r in records], dtype=np.float32).reshape(-1, 8, 8, 1)
+    return records, pixels, labels
+
+
+def test_blessed_model_is_pushed_in_tf_serving_layout_and_answers_both_signatures(first_run):
+    output, result = first_run
+    assert result.pushed, result.refusal
+    versions = os.listdir(os.path.join(output, "serving", "digits"))
+    assert len(versions) == 1 and versions[0].isdigit()
+    version_dir = os.path.join(output, "serving", "digits", versions[0])
+    assert os.path.isfile(os.path.join(version_dir, "saved_model.pb"))
+    assert os.path.realpath(result.pushed_dir) == os.path.realpath(version_dir)
+
+    model = tf.saved_model.load(version_dir)
+    records, pixels, labels = eval_examples(output)
+    assert len(labels) > 200
+    by_example = model.signatures["serving_default"](examples=tf.constant(records))
+    by_pixels = model.signatures["predict_pixels"](pixels=tf.constant(pixels))
+    np.testing.assert_array_equal(by_example["classes"].numpy(), by_pixels["classes"].numpy())
+    assert by_example["probabilities"].shape == (len(labels), 10)
+    accuracy = np.mean(by_example["classes"].numpy() == labels)
+    assert accuracy >= 0.9, accuracy
+    png = tf.io.encode_png(tf.constant(pixels[:4].astype(np.uint8)[0])).numpy()
+    by_image = model.signatures["predict_images"](images=tf.constant([png]))
+    assert by_image["classes"].numpy()[0] == by_pixels["classes"].numpy()[0]
+
+
+def test_serving_model_is_pruned_and_quantization_aware(first_run):
+    output, result = first_run
+    version_dir = result.pushed_dir
+    with open(os.path.join(version_dir, "saved_model.pb"), "rb") as f:
+        assert b"FakeQuantWithMinMaxVars" in f.read()
+    kernels = compression.savedmodel_kernels(version_dir)
+    assert len(kernels) == 4  # 2 conv + 2 dense
+    for name, value in kernels:
+        assert np.mean(value == 0) >= TARGET_SPARSITY - 0.01, name
+    report = result.compression_report
+    assert set(report) >= {"baseline", "pruned", "pqat", "tflite_int8"}
+    for stage in ("baseline", "pruned", "pqat", "tflite_int8"):
+        assert set(report[stage]) >= {"accuracy", "sparsity", "size_bytes", "gzip_bytes", "latency_ms"}
+    assert report["pqat"]["gzip_bytes"] < report["baseline"]["gzip_bytes"]
+    with open(os.path.join(output, "report", "compression.json")) as f:
+        assert json.load(f)["pqat"] == report["pqat"]
+    assert os.path.getsize(os.path.join(output, "report", "compression.png")) > 1000
+
+
+def test_int8_tflite_runs_with_int8_weights_within_budget(first_run):
+    output, result = first_run
+    path = os.path.join(result.pushed_dir, "assets.extra", "model_int8.tflite")
+    with open(path, "rb") as f:
+        tflite = f.read()
+    interpreter = tf.lite.Interpreter(model_content=tflite)
+    assert interpreter.get_input_details()[0]["dtype"] == np.int8
+    assert len(compression.tflite_kernels(tflite)) >= 4
+    _, pixels, labels = eval_examples(output)
+    accuracy = np.mean(compression.tflite_run(tflite, pixels.reshape(len(labels), -1) / 255.0) == labels)
+    baseline = result.compression_report["baseline"]["accuracy"]
+    assert accuracy >= baseline - 0.01 - 1e-9, (accuracy, baseline)
+
+
+def test_unchanged_rerun_hits_the_cache(first_run):
+    output, _ = first_run
+    result = runners.run_local(make_config(output))
+    states = {c.name: c.state for c in result.components}
+    for name in ("FileBasedExampleGen", "StatisticsGen", "Transform", "Trainer", "Evaluator"):
+        assert states[name] == "CACHED", states
+
+
+def test_impossible_budget_refuses_the_push_and_says_why(first_run):
+    output, _ = first_run
+    before = sorted(os.listdir(os.path.join(output, "serving", "digits")))
+    result = runners.run_local(make_config(output, max_accuracy_drop=-1.0))
+    assert not result.pushed
+    assert "more than the budget of -100.00 points" in result.refusal
+    assert {c.name: c.state for c in result.components}["Trainer"] == "CACHED"
+    assert sorted(os.listdir(os.path.join(output, "serving", "digits"))) == before
+
+
+def test_second_span_trains_and_is_compared_with_the_first_blessed_model(first_run):
+    output, first = first_run
+    formats.write_digits(os.path.join(output, "data", "digits"), span=2, seed=7)
+    result = runners.run_local(make_config(output))
+    states = {c.name: c.state for c in result.components}
+    assert states["FileBasedExampleGen"] == states["Trainer"] == "COMPLETE", states
+    blessing = glob.glob(os.path.join(output, "pipeline_root", "Evaluator", "evaluation", "*"))
+    assert blessing
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    connection = metadata_store_pb2.ConnectionConfig()
+    connection.sqlite.filename_uri = os.path.join(output, "metadata.sqlite")
+    store = metadata_store.MetadataStore(connection)
+    blessings = sorted(store.get_artifacts_by_type("ModelBlessing"), key=lambda a: a.id)
+    latest = blessings[-1]
+    models = sorted(store.get_artifacts_by_type("Model"), key=lambda a: a.id)
+    assert len(models) == 2
+    assert latest.custom_properties["baseline_model_id"].int_value == models[0].id
+    spans = [m.custom_properties["span"].int_value for m in
+             store.get_artifacts_by_type("Examples") if "span" in m.custom_properties]
+    assert max(spans) == 2
