@@ -115,22 +115,48 @@ def config_from_args(args) -> cfg.PipelineConfig:
     return config
 
 
+class _Progress(logging.Filter):
+    """Keeps TFX's component start/finish lines (with durations and cache hits), drops the rest."""
+
+    def __init__(self):
+        super().__init__()
+        self.started, self.cached = {}, set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            return True
+        if message.startswith("Component ") and message.endswith(" is running."):
+            name = message.split()[1]
+            self.started[name] = time.time()
+            record.msg, record.args = f"{name}: running", ()
+            return True
+        if message.startswith("Component ") and message.endswith(" is finished."):
+            name = message.split()[1]
+            took = time.time() - self.started.get(name, time.time())
+            record.msg, record.args = f"{name}: done in {took:.1f} s", ()
+            return True
+        if message.startswith("A cached execution"):
+            record.msg, record.args = "  (cache hit: outputs of an earlier run reused)", ()
+            return True
+        return False
+
+
 def _quiet(verbose: bool) -> None:
     import absl.logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
-    absl.logging.set_verbosity(absl.logging.INFO if verbose else absl.logging.WARNING)
+    absl.logging.set_verbosity(absl.logging.INFO)
     if not verbose:
         import warnings
 
         warnings.filterwarnings("ignore")
-        for name in ("tensorflow", "apache_beam", "absl", "tfx", "tensorflow_model_analysis"):
+        for name in ("tensorflow", "apache_beam", "tensorflow_model_analysis"):
             logging.getLogger(name).setLevel(logging.ERROR)
         logging.getLogger().setLevel(logging.WARNING)
         for name in ("pipeline", "models", "components"):
             logging.getLogger(name).setLevel(logging.INFO)
-        # TFX announces components through absl; keep those lines.
-        absl.logging.get_absl_logger().addFilter(lambda r: r.levelno >= logging.WARNING or "Component" in r.msg)
+        absl.logging.get_absl_logger().addFilter(_Progress())
 
 
 def _print_summary(result, output_dir: str) -> None:

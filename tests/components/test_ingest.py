@@ -8,7 +8,6 @@ import apache_beam as beam
 import numpy as np
 import pytest
 import tensorflow as tf
-from apache_beam.testing.util import assert_that
 from PIL import Image
 
 from components.ingest import executor, formats
@@ -21,14 +20,13 @@ def _examples(spec: DataSpec):
         "format": spec.format, "image_shape": list(spec.image_shape), "class_names": spec.class_names,
         "image_feature": spec.image_feature, "label_feature": spec.label_feature}}
     pattern = spec.input_pattern.replace("{SPAN}", "*")
-    collected = []
-
-    def collect(examples):
-        collected.extend(examples)
-
+    out = os.path.join(spec.path + "_out", "examples")
     with beam.Pipeline() as p:
-        examples = p | executor._files_to_examples(props, pattern)
-        assert_that(examples, collect)
+        (p | executor._files_to_examples(props, pattern)
+           | beam.Map(lambda e: e.SerializeToString())
+           | beam.io.WriteToTFRecord(out))
+    collected = [tf.train.Example.FromString(r.numpy())
+                 for r in tf.data.TFRecordDataset(tf.io.gfile.glob(out + "*"))]
     return [(np.asarray(e.features.feature["image"].int64_list.value),
              e.features.feature["label"].int64_list.value[0]) for e in collected]
 
