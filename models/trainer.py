@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from typing import List
 
 import numpy as np
@@ -107,8 +108,10 @@ def run_fn(fn_args) -> None:
     keras.mixed_precision.set_global_policy("mixed_float16" if plan.mixed_precision else "float32")
     with strategy.scope():
         baseline = compile_fn(cnn.build_model(image_shape, num_classes, hp))
+    fit_start = time.perf_counter()
     baseline.fit(train, epochs=hp["epochs"], verbose=2, callbacks=callbacks("baseline"),
                  validation_data=(eval_images, eval_labels))
+    fit_seconds = time.perf_counter() - fit_start
     keras.mixed_precision.set_global_policy("float32")
     models = {"baseline": baseline}
 
@@ -166,6 +169,8 @@ def run_fn(fn_args) -> None:
         "baseline_float_tflite_bytes": float_size, "baseline_float_tflite_gzip_bytes": float_gz}
     report["settings"] = {"device": plan.describe(), "final_stage": final_stage,
                           "eval_examples": int(len(eval_labels)), "train_examples": int(len(train_images)),
+                          "baseline_fit_seconds": fit_seconds,
+                          "baseline_examples_per_second": hp["epochs"] * len(train_images) / fit_seconds,
                           **comp}
     compression.write_report(report, out_dir)
     # The int8 model travels with the pushed version, outside the SavedModel proper (measured above).

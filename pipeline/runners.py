@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 from typing import Dict, List, Optional
 
 from pipeline import dag
@@ -58,11 +59,14 @@ def run_local(config: PipelineConfig) -> RunResult:
                                    pipeline_root=os.path.join(output_dir, "pipeline_root"),
                                    metadata_connection_config=metadata,
                                    serving_dir=os.path.join(output_dir, "serving", config.model_name))
-    error = None
+    error, argv = None, sys.argv
+    sys.argv = argv[:1]  # Beam executors parse sys.argv as absl flags; the caller's flags are not theirs
     try:
         tfx.orchestration.LocalDagRunner().run(pipeline)
     except Exception as e:  # reported below with what did run
         error = e
+    finally:
+        sys.argv = argv
     result = latest_run(os.path.join(output_dir, "metadata.sqlite"), config.pipeline_name)
     if result.compression_report is not None:
         _publish_report(result, os.path.join(output_dir, "report"))

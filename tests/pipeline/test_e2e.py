@@ -109,8 +109,13 @@ def test_unchanged_rerun_hits_the_cache(first_run):
     output, _ = first_run
     result = runners.run_local(make_config(output))
     states = {c.name: c.state for c in result.components}
-    for name in ("FileBasedExampleGen", "StatisticsGen", "Transform", "Trainer", "Evaluator"):
+    for name in ("FileBasedExampleGen", "StatisticsGen", "Transform", "Trainer"):
         assert states[name] == "CACHED", states
+    # The first rerun's Evaluator has a new input (the model just blessed is now the baseline);
+    # a second unchanged rerun reuses everything.
+    result = runners.run_local(make_config(output))
+    states = {c.name: c.state for c in result.components if c.name != "latest_blessed_model_resolver"}
+    assert set(states.values()) == {"CACHED"}, states
 
 
 def test_impossible_budget_refuses_the_push_and_says_why(first_run):
@@ -145,3 +150,34 @@ def test_second_span_trains_and_is_compared_with_the_first_blessed_model(first_r
     spans = [m.custom_properties["span"].int_value for m in
              store.get_artifacts_by_type("Examples") if "span" in m.custom_properties]
     assert max(spans) == 2
+
+
+@pytest.mark.parametrize("prune, qat", [(True, False), (False, True)])
+def test_switching_stages_off_changes_the_artifacts(first_run, tmp_path, prune, qat):
+    """run_fn on the first run's Transform output, with one stage off."""
+    from tfx.components.trainer.fn_args_utils import FnArgs
+
+    from models import trainer
+
+    output, _ = first_run
+    transform = sorted(glob.glob(os.path.join(output, "pipeline_root", "Transform", "*", "*")))
+    graph = next(p for p in transform if "/transform_graph/" in p)
+    examples = next(p for p in transform if "/transformed_examples/" in p)
+    config = make_config(output, prune=prune, qat=qat, prune_epochs=1)
+    config.hparams.epochs = 2
+    config.data.image_shape, config.data.num_classes = (8, 8, 1), 10
+    serving_dir, run_dir = str(tmp_path / "serving"), str(tmp_path / "run")
+    trainer.run_fn(FnArgs(train_files=[os.path.join(examples, "Split-train", "*")],
+                          eval_files=[os.path.join(examples, "Split-eval", "*")],
+                          transform_graph_path=graph, serving_model_dir=serving_dir, model_run_dir=run_dir,
+                          custom_config=config.trainer_config()))
+    with open(os.path.join(serving_dir, "saved_model.pb"), "rb") as f:
+        assert (b"FakeQuantWithMinMaxVars" in f.read()) == qat
+    sparsities = [np.mean(v == 0) for _, v in compression.savedmodel_kernels(serving_dir)]
+    if prune:
+        assert min(sparsities) >= TARGET_SPARSITY - 0.01
+    else:
+        assert max(sparsities) < 0.05  # dense
+    with open(os.path.join(run_dir, "compression", "compression.json")) as f:
+        report = json.load(f)
+    assert ("pruned" in report) == prune and ("pqat" in report) == qat

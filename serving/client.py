@@ -1,0 +1,179 @@
+"""A TF Serving client (REST or gRPC) and its CLI; uses only TF Serving's public APIs.
+
+  python -m serving.client predict --image 7.png --server localhost:8501 [--model digits]
+  python -m serving.client predict --image 7.png --grpc localhost:8500
+  python -m serving.client status --server localhost:8501
+  python -m serving.client metadata --grpc localhost:8500
+
+Images are sent as encoded bytes to the `predict_images` signature, which converts them the way
+the training data was (grey or RGB, bilinear resize), so the client needs no knowledge of the shape.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Dict, Optional
+
+import numpy as np
+
+
+class ServingClientError(RuntimeError):
+    def __init__(self, code, message):
+        super().__init__(f"{code}: {message}")
+        self.code, self.message = code, message
+
+
+class RestClient:
+    def __init__(self, address: str, model: str, timeout: float = 30.0):
+        self.base = address if address.startswith("http") else f"http://{address}"
+        self.model, self.timeout = model, timeout
+
+    def _call(self, method: str, path: str, body: Optional[dict] = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            try:
+                message = json.loads(e.read()).get("error", "")
+            except ValueError:
+                message = e.reason
+            raise ServingClientError(e.code, message) from None
+
+    def _model_path(self, version=None):
+        return f"/v1/models/{self.model}" + (f"/versions/{version}" if version else "")
+
+    def status(self, version=None) -> dict:
+        return self._call("GET", self._model_path(version))
+
+    def metadata(self, version=None) -> dict:
+        return self._call("GET", self._model_path(version) + "/metadata")
+
+    def predict(self, inputs: Dict[str, object], signature: str = "serving_default", version=None) -> Dict[str, np.ndarray]:
+        body = {"signature_name": signature, "inputs": {k: _json_value(v) for k, v in inputs.items()}}
+        outputs = self._call("POST", self._model_path(version) + ":predict", body)["outputs"]
+        if not isinstance(outputs, dict):
+            outputs = {"output": outputs}
+        return {k: np.asarray(v) for k, v in outputs.items()}
+
+
+def _json_value(value):
+    if isinstance(value, (bytes, bytearray)):
+        return {"b64": base64.b64encode(value).decode()}
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], (bytes, bytearray)):
+        return [{"b64": base64.b64encode(v).decode()} for v in value]
+    return np.asarray(value).tolist()
+
+
+class GrpcClient:
+    def __init__(self, address: str, model: str, timeout: float = 30.0):
+        import grpc
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        self.channel = grpc.insecure_channel(address)
+        self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+        self.model, self.timeout = model, timeout
+
+    def _call(self, method, request):
+        import grpc
+
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise ServingClientError(e.code().name, e.details()) from None
+
+    def status(self, version=None) -> dict:
+        from google.protobuf import json_format
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = self.model
+        if version:
+            request.model_spec.version.value = int(version)
+        return json_format.MessageToDict(self._call(self.models.GetModelStatus, request),
+                                         preserving_proto_field_name=True)
+
+    def metadata(self, version=None) -> dict:
+        from google.protobuf import json_format
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.name = self.model
+        if version:
+            request.model_spec.version.value = int(version)
+        response = self._call(self.predictions.GetModelMetadata, request)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        return {"model_spec": json_format.MessageToDict(response.model_spec),
+                "metadata": {"signature_def": json_format.MessageToDict(signature_map,
+                                                                        preserving_proto_field_name=True)}}
+
+    def predict(self, inputs: Dict[str, object], signature: str = "serving_default", version=None) -> Dict[str, np.ndarray]:
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name, request.model_spec.signature_name = self.model, signature
+        if version:
+            request.model_spec.version.value = int(version)
+        for key, value in inputs.items():
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+        response = self._call(self.predictions.Predict, request)
+        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+
+def connect(server: Optional[str], grpc_address: Optional[str], model: str):
+    return GrpcClient(grpc_address, model) if grpc_address else RestClient(server or "localhost:8501", model)
+
+
+def classify_images(client, images: list) -> list:
+    """[(class, probabilities)] for encoded PNG/JPEG images."""
+    outputs = client.predict({"images": images}, signature="predict_images")
+    return [(int(c), p.tolist()) for c, p in zip(outputs["classes"], outputs["probabilities"])]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["predict", "status", "metadata"])
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--server", help="REST address host:port (default localhost:8501)")
+    where.add_argument("--grpc", help="gRPC address host:port")
+    parser.add_argument("--model", default="digits")
+    parser.add_argument("--version", type=int)
+    parser.add_argument("--image", action="append", help="PNG/JPEG file (repeatable) for predict")
+    args = parser.parse_args(argv)
+    client = connect(args.server, args.grpc, args.model)
+    try:
+        if args.command == "predict":
+            if not args.image:
+                parser.error("predict needs --image FILE")
+            images = []
+            for path in args.image:
+                with open(path, "rb") as f:
+                    images.append(f.read())
+            for path, (label, probabilities) in zip(args.image, classify_images(client, images)):
+                shown = ", ".join(f"{i}: {p:.3f}" for i, p in enumerate(probabilities))
+                print(f"{path}: class {label} (p={probabilities[label]:.3f})  [{shown}]")
+        elif args.command == "status":
+            print(json.dumps(client.status(args.version), indent=2))
+        else:
+            print(json.dumps(client.metadata(args.version), indent=2))
+    except ServingClientError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
