@@ -2,18 +2,19 @@
 
 ExampleGen → StatisticsGen → (schema) → ExampleValidator → DataGate ┐
                                                                    └→ Transform → Trainer ┐
-                         Resolver (latest blessed model) → Evaluator ─────────────────────┴→ CompressionGate → Pusher
+                         Resolver (latest blessed model) → Evaluator ─────────────────────┴→ CompressionGate ┐
+                                                               Trainer → Canary (serve on loopback) ┴→ Pusher
 """
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
 from tfx.types import standard_artifacts
 
-from components import gates, ingest, schema
+from components import canary, gates, ingest, schema
 from pipeline.config import PipelineConfig
 
 # Component ids, used by the runners and the CLI to find outputs.
-TRAINER, EVALUATOR, GATE, PUSHER = "Trainer", "Evaluator", "CompressionGate", "Pusher"
+TRAINER, EVALUATOR, GATE, CANARY, PUSHER = "Trainer", "Evaluator", "CompressionGate", "Canary", "Pusher"
 
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
@@ -77,8 +78,11 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
     compression_gate = gates.CompressionGate(
         model_run=trainer.outputs["model_run"], evaluation=evaluator.outputs["blessing"],
         max_accuracy_drop=config.compression.max_accuracy_drop).with_id(GATE)
+    canary_check = canary.Canary(model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
+                                 model_name=config.model_name).with_id(CANARY)
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"], model_blessing=compression_gate.outputs["blessing"],
+        infra_blessing=canary_check.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
             base_directory=serving_dir or config.serving_dir))).with_id(PUSHER)
 
@@ -86,7 +90,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
         pipeline_name=config.pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform,
-                    trainer, model_resolver, evaluator, compression_gate, pusher],
+                    trainer, model_resolver, evaluator, compression_gate, canary_check, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=config.beam_args)

@@ -133,7 +133,8 @@ def latest_run(metadata_path: str, pipeline_name: str) -> RunResult:
     pushed = bool(custom(dag.PUSHER, "pushed_model", "pushed"))
     return RunResult(components=components, pushed=pushed,
                      pushed_dir=custom(dag.PUSHER, "pushed_model", "pushed_destination") if pushed else None,
-                     refusal=custom(dag.GATE, "blessing", "reason") or "",
+                     refusal="; ".join(r for r in (custom(dag.GATE, "blessing", "reason"),
+                                                   custom(dag.CANARY, "blessing", "reason")) if r),
                      model_run_dir=model_run.uri if model_run is not None else None,
                      compression_report=report)
 

@@ -70,27 +70,29 @@ def parse_predict(body: dict, input_names) -> tuple:
         raise ServingError("INVALID_ARGUMENT", "Missing 'inputs' or 'instances' key" if "instances" not in body
                            else "Not both 'inputs' and 'instances' can be specified")
     names = sorted(input_names)
+
+    def keyed(value):  # an object of input name → value (not a {"b64": ...} value)
+        return isinstance(value, dict) and set(value) != {"b64"}
+
     if "instances" in body:
         instances = body["instances"]
         if not isinstance(instances, list) or not instances:
             raise ServingError("INVALID_ARGUMENT", "'instances' must be a non-empty list")
-        if len(names) == 1 and not all(isinstance(i, dict) and set(i) <= set(names) and i
-                                       and not set(i) == {"b64"} for i in instances):
+        if all(keyed(i) for i in instances):
+            keys = set(instances[0])
+            if any(set(i) != keys for i in instances):
+                raise ServingError("INVALID_ARGUMENT", "every instance must name the same inputs")
+            return {k: _array([i[k] for i in instances], k) for k in keys}, True
+        if len(names) == 1:
             return {names[0]: _array(instances, names[0])}, True
-        if not all(isinstance(i, dict) for i in instances):
-            raise ServingError("INVALID_ARGUMENT", "with several inputs, each instance must be an object keyed "
-                                                   "by input name")
-        keys = set(instances[0])
-        if any(set(i) != keys for i in instances):
-            raise ServingError("INVALID_ARGUMENT", "every instance must name the same inputs")
-        return {k: _array([i[k] for i in instances], k) for k in keys}, True
+        raise ServingError("INVALID_ARGUMENT", "with several inputs, each instance must be an object keyed by "
+                                               "input name")
     inputs = body["inputs"]
-    if len(names) == 1 and not (isinstance(inputs, dict) and set(inputs) <= set(names) and inputs
-                                and set(inputs) != {"b64"}):
+    if keyed(inputs):
+        return {k: _array(v, k) for k, v in inputs.items()}, False
+    if len(names) == 1:
         return {names[0]: _array(inputs, names[0])}, False
-    if not isinstance(inputs, dict):
-        raise ServingError("INVALID_ARGUMENT", "with several inputs, 'inputs' must be an object keyed by input name")
-    return {k: _array(v, k) for k, v in inputs.items()}, False
+    raise ServingError("INVALID_ARGUMENT", "with several inputs, 'inputs' must be an object keyed by input name")
 
 
 def format_predict(outputs: Dict[str, np.ndarray], row: bool) -> dict:
