@@ -181,3 +181,39 @@ def test_switching_stages_off_changes_the_artifacts(first_run, tmp_path, prune, 
     with open(os.path.join(run_dir, "compression", "compression.json")) as f:
         report = json.load(f)
     assert ("pruned" in report) == prune and ("pqat" in report) == qat
+
+
+def test_pushed_model_is_served_over_rest_and_grpc(first_run, tmp_path):
+    """The model server on the pipeline's serving folder, queried like TF Serving with the client."""
+    from serving.client import GrpcClient, RestClient, classify_images
+    from tests.serving.conftest import start_server
+
+    output, result = first_run
+    records, pixels, labels = eval_examples(output)
+    expected = tf.saved_model.load(result.pushed_dir).signatures["predict_pixels"](
+        pixels=tf.constant(pixels[:8]))["classes"].numpy()
+    server = start_server(["--model_name=digits", f"--model_base_path={os.path.join(output, 'serving', 'digits')}"],
+                          tmp_path)
+    try:
+        rest = RestClient(server.rest, "digits")
+        assert rest.status()["model_version_status"][0]["state"] == "AVAILABLE"
+        signatures = rest.metadata()["metadata"]["signature_def"]["signature_def"]
+        assert {"serving_default", "predict_pixels", "predict_images"} <= set(signatures)
+        # Row format with plain JSON numbers, as a curl user would send.
+        import json
+        import urllib.request
+
+        body = json.dumps({"signature_name": "predict_pixels", "instances": pixels[:8].tolist()}).encode()
+        with urllib.request.urlopen(urllib.request.Request(server.rest + "/v1/models/digits:predict", body),
+                                    timeout=30) as r:
+            predictions = json.loads(r.read())["predictions"]
+        assert [p["classes"] for p in predictions] == expected.tolist()
+        assert len(predictions[0]["probabilities"]) == 10
+        grpc_client = GrpcClient(server.grpc, "digits")
+        by_examples = grpc_client.predict({"examples": np.asarray(records[:8], dtype=object)})
+        np.testing.assert_array_equal(by_examples["classes"], expected)
+        pngs = [tf.io.encode_png(p.astype(np.uint8)).numpy() for p in pixels[:8]]
+        assert [c for c, _ in classify_images(rest, pngs)] == expected.tolist()
+        assert [c for c, _ in classify_images(grpc_client, pngs)] == expected.tolist()
+    finally:
+        server.stop()
