@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: run test test-fast tensorboard bench clean venv
+.PHONY: run test test-fast tensorboard report bench clean venv chromium
 
 venv: $(STAMP)
 
@@ -26,8 +26,13 @@ $(STAMP): requirements.txt pyproject.toml
 run: $(STAMP)
 	$(PY) -m pipeline run $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -x -v --durations=15 $(ARGS)
+
+# Headless Chromium (Debian's package) renders the HTML run report in the tests.
+chromium:
+	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -x -v -m "not e2e" $(ARGS)
@@ -35,9 +40,13 @@ test-fast: $(STAMP)
 tensorboard: $(STAMP)
 	$(PY) -m pipeline tensorboard $(ARGS)
 
+report: $(STAMP)
+	$(PY) -m pipeline report $(ARGS)
+
 bench: $(STAMP)
 	$(PY) benchmarks/pipeline_bench.py
 	$(PY) benchmarks/compression_bench.py
+	$(PY) benchmarks/serving_bench.py
 
 clean:
 	rm -rf artifacts

@@ -1,4 +1,4 @@
-"""`python -m pipeline run|compile|tensorboard`: the command line, mapped onto PipelineConfig.
+"""`python -m pipeline run|compile|report|tensorboard`: the command line, mapped onto PipelineConfig.
 
 Exit codes: 0 ok, 1 the run failed (or its model was not pushed), 2 bad usage or unreadable data.
 """
@@ -159,7 +159,8 @@ def _quiet(verbose: bool) -> None:
         absl.logging.get_absl_logger().addFilter(_Progress())
 
 
-def _print_summary(result, output_dir: str) -> None:
+def _print_summary(result, config) -> None:
+    output_dir = config.output_dir
     print("\ncomponent                          state      seconds")
     for c in result.components:
         print(f"  {c.name:32s} {c.state:10s} {c.seconds:7.1f}")
@@ -173,9 +174,23 @@ def _print_summary(result, output_dir: str) -> None:
                 print(f"  {stage:12s} {r['accuracy']:8.4f} {r['sparsity']:8.3f} {r['size_bytes'] / 1024:9.1f} "
                       f"{r['gzip_bytes'] / 1024:9.1f} {r['latency_ms']:7.3f}")
         print(f"  report: {os.path.join(output_dir, 'report', 'compression.md')} (plot: compression.png)")
+    try:
+        from pipeline import report
+
+        print(f"run report: {report.build(output_dir, config.pipeline_name)}")
+    except Exception as e:  # the report must not hide the run's own outcome
+        print(f"(run report not written: {e})")
     if result.pushed:
+        serving = os.path.dirname(result.pushed_dir)
         print(f"\npushed: {result.pushed_dir}")
-        print(f"tensorboard: python -m pipeline tensorboard --output {output_dir}")
+        print("next:")
+        print(f"  serve:       .venv/bin/python -m serving --model_name={config.model_name} "
+              f"--model_base_path={serving} --port=8500 --rest_api_port=8501")
+        print(f"  query REST:  .venv/bin/python -m serving.client predict --image IMAGE.png --server localhost:8501 "
+              f"--model {config.model_name}")
+        print(f"  query gRPC:  .venv/bin/python -m serving.client predict --image IMAGE.png --grpc localhost:8500 "
+              f"--model {config.model_name}")
+        print(f"  tensorboard: .venv/bin/python -m pipeline tensorboard --output {output_dir}")
     else:
         print(f"\nNOT pushed: {result.refusal or 'see the log above'}")
 
@@ -194,19 +209,43 @@ def main(argv=None) -> int:
     comp.add_argument("--pipeline-root", required=True, help="e.g. gs://bucket/pipeline_root")
     comp.add_argument("--image", required=True, help="container image built from the Dockerfile")
     comp.add_argument("--output", dest="spec", required=True, metavar="FILE.json")
-    board = commands.add_parser("tensorboard", help="serve TensorBoard on every Trainer run")
+    rep = commands.add_parser("report", help="rebuild (and open) the HTML report of the latest run",
+                              epilog="example:\n  python -m pipeline report --output artifacts --open",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    rep.add_argument("--output", default="artifacts")
+    rep.add_argument("--model-name", default="digits", help="pipeline name (default: digits)")
+    rep.add_argument("--run", default="latest", choices=["latest"], help="which run (only the latest is kept)")
+    rep.add_argument("--open", action="store_true", help="open it in the default browser")
+    board = commands.add_parser("tensorboard", help="serve TensorBoard on every Trainer run",
+                                epilog="example:\n  python -m pipeline tensorboard --output artifacts --port 6006",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     board.add_argument("--output", default="artifacts")
     board.add_argument("--port", type=int, default=6006)
     board.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
 
     if args.command == "tensorboard":
-        logdir = os.path.join(args.output, "pipeline_root", "Trainer", "model_run")
+        logdir = os.path.abspath(os.path.join(args.output, "pipeline_root", "Trainer", "model_run"))
         if not os.path.isdir(logdir):
             print(f"error: no Trainer runs under {logdir}; run `python -m pipeline run` first", file=sys.stderr)
             return 2
         os.execvp(sys.executable, [sys.executable, "-m", "tensorboard.main", "--logdir", logdir,
                                    "--host", args.host, "--port", str(args.port)])
+
+    if args.command == "report":
+        if not os.path.exists(os.path.join(args.output, "metadata.sqlite")):
+            print(f"error: no runs under {args.output}; run `python -m pipeline run` first", file=sys.stderr)
+            return 2
+        _quiet(False)
+        from pipeline import report
+
+        path = report.build(args.output, args.model_name)
+        print(f"report: {path}")
+        if args.open:
+            import webbrowser
+
+            webbrowser.open("file://" + os.path.abspath(path))
+        return 0
 
     _quiet(args.verbose)
     config = config_from_args(args)
@@ -230,10 +269,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except runners.PipelineFailed as e:
-        _print_summary(e.result, config.output_dir)
+        _print_summary(e.result, config)
         print(f"\nerror: the run failed: {e.cause}", file=sys.stderr)
         return 1
-    _print_summary(result, config.output_dir)
+    _print_summary(result, config)
     print(f"total {time.time() - start:.0f} s")
     return 0 if result.pushed else 1
 

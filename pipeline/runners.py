@@ -44,6 +44,7 @@ class RunResult:
     refusal: str
     model_run_dir: Optional[str]
     compression_report: Optional[dict]
+    artifacts: Dict[tuple, object] = dataclasses.field(default_factory=dict)  # (node, key) → MLMD artifact
 
 
 def run_local(config: PipelineConfig) -> RunResult:
@@ -136,7 +137,7 @@ def latest_run(metadata_path: str, pipeline_name: str) -> RunResult:
                      refusal="; ".join(r for r in (custom(dag.GATE, "blessing", "reason"),
                                                    custom(dag.CANARY, "blessing", "reason")) if r),
                      model_run_dir=model_run.uri if model_run is not None else None,
-                     compression_report=report)
+                     compression_report=report, artifacts=outputs)
 
 
 def compile_kubeflow(config: PipelineConfig, pipeline_root: str, image: str, output_file: str) -> Dict:

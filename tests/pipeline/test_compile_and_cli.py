@@ -50,11 +50,17 @@ def test_compile_remote_data_needs_its_shape(tmp_path):
     (["run", "--format", "csv"], "invalid choice"),
     (["compile", "--image", "x"], "required"),
     (["frobnicate"], "invalid choice"),
+    (["report", "--run", "3"], "invalid choice"),
 ])
 def test_bad_usage_exits_2_with_a_message(args, message):
     proc = cli(*args, timeout=60)
     assert proc.returncode == 2
     assert message in proc.stderr
+
+
+def test_report_without_runs_exits_2(tmp_path):
+    proc = cli("report", "--output", str(tmp_path), timeout=60)
+    assert proc.returncode == 2 and "no runs under" in proc.stderr
 
 
 def test_missing_data_folder_exits_2(tmp_path):

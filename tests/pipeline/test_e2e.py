@@ -217,3 +217,59 @@ def test_pushed_model_is_served_over_rest_and_grpc(first_run, tmp_path):
         assert [c for c, _ in classify_images(grpc_client, pngs)] == expected.tolist()
     finally:
         server.stop()
+
+
+def test_html_report_renders_in_headless_chromium(first_run, tmp_path):
+    import re
+    import shutil
+    import subprocess
+
+    from pipeline import report
+
+    output, _ = first_run
+    page = report.build(str(output), "digits")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium is needed (make test installs it)"
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--window-size=1200,4000"]
+    dom = subprocess.run(flags + ["--dump-dom", f"file://{page}"], capture_output=True, text=True, timeout=120).stdout
+    for plot in ("compression-plot", "curves-plot", "label-plot"):
+        match = re.search(rf'<img id="{plot}"[^>]*data-natural-width="(\d+)"', dom)
+        assert match and int(match.group(1)) > 0, plot
+    per_class = re.search(r'<table class="per-class">.*?<tbody>(.*?)</tbody>', dom, re.S).group(1)
+    assert per_class.count("<tr>") == 10
+    screenshot = tmp_path / "report.png"
+    subprocess.run(flags + [f"--screenshot={screenshot}", f"file://{page}"], capture_output=True, timeout=120)
+    assert screenshot.stat().st_size > 10000
+
+
+def test_tensorboard_lists_every_trainer_run_and_stops(first_run):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    output, _ = first_run
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "tensorboard", "--output", str(output),
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    try:
+        runs, deadline = [], time.time() + 90
+        while time.time() < deadline and not any("pqat" in r for r in runs):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=5) as r:
+                    runs = json.loads(r.read())
+            except OSError:
+                pass
+            time.sleep(1)
+        assert any(r.endswith("baseline/train") for r in runs), runs
+        assert any("pqat" in r for r in runs), runs
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) is not None

@@ -1,0 +1,203 @@
+"""One self-contained HTML page per run: data, anomalies, training curves, compression, evaluation, push.
+
+Everything is inline (tables, PNG plots as data URIs): it opens without network access.
+"""
+from __future__ import annotations
+
+import base64
+import glob
+import html
+import io
+import os
+import time
+from typing import List, Optional
+
+from pipeline import dag
+from pipeline.runners import RunResult, latest_run
+
+STAGES = ("baseline", "pruned", "pqat")
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _table(header: List[str], rows: List[list], css: str = "") -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _uri(result: RunResult, node: str, key: str) -> Optional[str]:
+    artifact = result.artifacts.get((node, key))
+    return artifact.uri if artifact is not None else None
+
+
+def data_section(result: RunResult) -> str:
+    """Per split: example count and the label distribution (from StatisticsGen's statistics)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import tensorflow_data_validation as tfdv
+
+    uri = _uri(result, "StatisticsGen", "statistics")
+    if uri is None:
+        return "<p>No statistics (StatisticsGen did not run).</p>"
+    rows, fig, ax = [], *plt.subplots(figsize=(6, 3))
+    for split in sorted(os.listdir(uri)):
+        stats = tfdv.load_stats_binary(os.path.join(uri, split, "FeatureStats.pb")).datasets[0]
+        name = split.replace("Split-", "")
+        features = {f.path.step[0]: f for f in stats.features}
+        label, image = features.get("label"), features.get("image")
+        rows.append([name, stats.num_examples,
+                     f"{label.num_stats.min:.0f}..{label.num_stats.max:.0f}" if label else "missing",
+                     f"{image.num_stats.mean:.1f}" if image else "missing",
+                     f"{image.num_stats.common_stats.avg_num_values:.0f}" if image else "missing"])
+        if label is not None:
+            buckets = [b for h in label.num_stats.histograms if h.type == h.STANDARD for b in h.buckets]
+            ax.bar([f"{b.low_value:.1f}-{b.high_value:.1f}" for b in buckets], [b.sample_count for b in buckets],
+                   alpha=0.6, label=name)
+            ax.tick_params(axis="x", labelsize=6, rotation=45)
+    ax.set_title("label distribution (StatisticsGen histogram buckets)")
+    ax.legend()
+    fig.tight_layout()
+    return (_table(["split", "examples", "label range", "mean pixel", "pixels per image"], rows) +
+            f'<img id="label-plot" alt="label distribution" src="{_png(fig)}">')
+
+
+def anomalies_section(result: RunResult) -> str:
+    from components.gates import describe_anomalies
+
+    artifact = result.artifacts.get(("ExampleValidator", "anomalies"))
+    if artifact is None:
+        return "<p>ExampleValidator did not run.</p>"
+    split_names = artifact.properties["split_names"].string_value
+    lines = describe_anomalies(artifact.uri, split_names)
+    if not lines:
+        return '<p class="ok">No anomalies: every split matches the schema.</p>'
+    return '<ul class="bad">' + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
+
+
+def curves_section(result: RunResult) -> str:
+    """Loss and accuracy per epoch for each compression stage, read from the TensorBoard logs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not result.model_run_dir:
+        return "<p>The Trainer did not run.</p>"
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    found = False
+    offset = 0
+    for stage in STAGES:
+        for kind, style in (("train", "-"), ("validation", "--")):
+            path = os.path.join(result.model_run_dir, stage, kind)
+            if not os.path.isdir(path):
+                continue
+            events = EventAccumulator(path, size_guidance={"tensors": 0}).Reload()
+            for ax, tag in zip(axes, ("epoch_loss", "epoch_accuracy")):
+                if tag in events.Tags().get("tensors", []):
+                    points = events.Tensors(tag)
+                    import tensorflow as tf
+
+                    ax.plot([offset + p.step for p in points], [float(tf.make_ndarray(p.tensor_proto)) for p in points],
+                            style, marker="o", label=f"{stage} {kind}")
+                    found = True
+        steps = glob.glob(os.path.join(result.model_run_dir, stage, "train", "*"))
+        if steps:
+            events = EventAccumulator(os.path.join(result.model_run_dir, stage, "train"),
+                                      size_guidance={"tensors": 0}).Reload()
+            if "epoch_loss" in events.Tags().get("tensors", []):
+                offset += len(events.Tensors("epoch_loss"))
+    if not found:
+        return "<p>No training curves found.</p>"
+    for ax, title in zip(axes, ("loss", "accuracy")):
+        ax.set_title(f"{title} per epoch (stages in sequence)")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return f'<img id="curves-plot" alt="training curves" src="{_png(fig)}">'
+
+
+def compression_section(result: RunResult) -> str:
+    report = result.compression_report
+    if not report:
+        return "<p>No compression report.</p>"
+    rows = [[s, f"{report[s]['accuracy']:.4f}", f"{report[s]['sparsity']:.3f}", f"{report[s]['size_bytes'] / 1024:.1f}",
+             f"{report[s]['gzip_bytes'] / 1024:.1f}", f"{report[s]['latency_ms']:.3f}"]
+            for s in (*STAGES, "tflite_int8") if s in report]
+    with open(os.path.join(result.model_run_dir, "compression", "compression.png"), "rb") as f:
+        plot = "data:image/png;base64," + base64.b64encode(f.read()).decode()
+    return (_table(["stage", "accuracy", "sparsity", "size KB", "gzip KB", "latency ms"], rows, "compression") +
+            f'<img id="compression-plot" alt="accuracy vs size" src="{plot}">')
+
+
+def evaluation_section(result: RunResult) -> str:
+    import tensorflow_model_analysis as tfma
+
+    uri = _uri(result, dag.EVALUATOR, "evaluation")
+    if uri is None:
+        return "<p>The Evaluator did not run.</p>"
+    overall, per_class = [], []
+    for metrics in tfma.load_metrics(uri):
+        values = {kv.key.name: kv.value.double_value.value for kv in metrics.metric_keys_and_values
+                  if not kv.key.is_diff and kv.key.model_name in ("", "candidate")}
+        keys = [(s.column, s.int64_value) for s in metrics.slice_key.single_slice_keys]
+        accuracy = values.get("sparse_categorical_accuracy")
+        count = values.get("example_count")
+        if not keys:
+            overall.append(["all", f"{accuracy:.4f}" if accuracy is not None else "?", f"{count:.0f}" if count else "?"])
+        else:
+            per_class.append([keys[0][1], f"{accuracy:.4f}" if accuracy is not None else "?",
+                              f"{count:.0f}" if count else "?"])
+    per_class.sort()
+    validation = tfma.load_validation_result(uri)
+    gate = result.artifacts.get((dag.GATE, "blessing"))
+    baseline = (gate.custom_properties["baseline_model"].string_value
+                if gate is not None and "baseline_model" in gate.custom_properties else "")
+    decision = ("blessed" if validation.validation_ok else "NOT blessed") + " by the Evaluator"
+    return (f'<p class="{"ok" if validation.validation_ok else "bad"}">{decision}; compared with baseline: '
+            f'{html.escape(baseline) or "none (first blessed model)"}</p>' +
+            _table(["slice", "accuracy", "examples"], overall, "overall") +
+            "<h3>Per class</h3>" + _table(["label", "accuracy", "examples"], per_class, "per-class"))
+
+
+def push_section(result: RunResult) -> str:
+    if result.pushed:
+        return f'<p class="ok">Pushed: <code>{html.escape(result.pushed_dir)}</code></p>'
+    return f'<p class="bad">Not pushed: {html.escape(result.refusal or "the run did not reach the Pusher")}</p>'
+
+
+def build(output_dir: str, pipeline_name: str) -> str:
+    """Writes <output>/report/index.html for the latest run (atomically); returns its path."""
+    result = latest_run(os.path.join(output_dir, "metadata.sqlite"), pipeline_name)
+    components = _table(["component", "state", "seconds"],
+                        [[c.name, c.state, f"{c.seconds:.1f}"] for c in result.components])
+    sections = [("Components", components), ("Data", data_section(result)), ("Anomalies", anomalies_section(result)),
+                ("Training", curves_section(result)), ("Compression", compression_section(result)),
+                ("Evaluation", evaluation_section(result)), ("Push", push_section(result))]
+    body = "".join(f'<section id="{t.lower()}"><h2>{t}</h2>{content}</section>' for t, content in sections)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(pipeline_name)} run report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:.5em 0}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}.ok{{color:#176c2f}}.bad{{color:#b00020}}
+img{{max-width:100%;display:block;margin:.5em 0}}</style></head><body>
+<h1>{html.escape(pipeline_name)}: run report</h1><p>Generated {time.strftime("%Y-%m-%d %H:%M:%S")}</p>{body}
+<script>window.addEventListener("load",()=>document.querySelectorAll("img").forEach(i=>{{i.dataset.naturalWidth=i.naturalWidth}}));</script>
+</body></html>"""
+    report_dir = os.path.join(output_dir, "report")
+    os.makedirs(report_dir, exist_ok=True)
+    path = os.path.join(report_dir, "index.html")
+    with open(path + ".tmp", "w") as f:
+        f.write(page)
+    os.replace(path + ".tmp", path)
+    return path
+
