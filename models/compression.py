@@ -14,18 +14,19 @@ STAGES = ("baseline", "pruned", "pqat", "tflite_int8")
 
 
 # ----------------------------------------------------------------------------- the stages
-def prune(model, target_sparsity: float, epochs: int, train, steps_per_epoch: int, callbacks, compile_fn):
+def prune(model, target_sparsity: float, epochs: int, train, steps_per_epoch: int, callbacks, compile_fn,
+          verbose: int = 2):
     """Magnitude pruning on a polynomial-decay schedule to `target_sparsity`, fine-tuned, then stripped."""
     end_step = max(1, int(epochs * steps_per_epoch * 0.7))  # reach the target, then recover accuracy
     schedule = tfmot.sparsity.keras.PolynomialDecay(
         initial_sparsity=0.0, final_sparsity=target_sparsity, begin_step=0, end_step=end_step, frequency=10)
     pruned = compile_fn(tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule))
-    pruned.fit(train, epochs=epochs, verbose=2,
+    pruned.fit(train, epochs=epochs, verbose=verbose,
                callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *callbacks])
     return tfmot.sparsity.keras.strip_pruning(pruned)
 
 
-def quantize_aware(model, sparse: bool, epochs: int, train, callbacks, compile_fn):
+def quantize_aware(model, sparse: bool, epochs: int, train, callbacks, compile_fn, verbose: int = 2):
     """8-bit quantization-aware training; with `sparse`, the prune-preserving scheme (PQAT) keeps zeros."""
     annotated = tfmot.quantization.keras.quantize_annotate_model(model)
     if sparse:
@@ -34,7 +35,7 @@ def quantize_aware(model, sparse: bool, epochs: int, train, callbacks, compile_f
     else:
         quantized = tfmot.quantization.keras.quantize_apply(annotated)
     quantized = compile_fn(quantized)
-    quantized.fit(train, epochs=epochs, verbose=2, callbacks=callbacks)
+    quantized.fit(train, epochs=epochs, verbose=verbose, callbacks=callbacks)
     return quantized
 
 

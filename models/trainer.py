@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 from typing import List
 
@@ -19,6 +20,7 @@ from models import cnn, compression, signatures
 from models.preprocessing import IMAGE_KEY, LABEL_KEY
 
 log = logging.getLogger(__name__)
+VERBOSE = 1 if sys.stdout.isatty() else 2  # a progress bar on a terminal, one line per epoch in logs
 COMPRESSION_DIR = "compression"  # under the model-run directory; components/gates.py reads it
 
 
@@ -109,7 +111,7 @@ def run_fn(fn_args) -> None:
     with strategy.scope():
         baseline = compile_fn(cnn.build_model(image_shape, num_classes, hp))
     fit_start = time.perf_counter()
-    baseline.fit(train, epochs=hp["epochs"], verbose=2, callbacks=callbacks("baseline"),
+    baseline.fit(train, epochs=hp["epochs"], verbose=VERBOSE, callbacks=callbacks("baseline"),
                  validation_data=(eval_images, eval_labels))
     fit_seconds = time.perf_counter() - fit_start
     keras.mixed_precision.set_global_policy("float32")
@@ -122,7 +124,7 @@ def run_fn(fn_args) -> None:
     if comp["prune"]:
         with strategy.scope():
             model = compression.prune(model, comp["target_sparsity"], comp["prune_epochs"], train,
-                                      steps_per_epoch, callbacks("pruned"), compile_fn)
+                                      steps_per_epoch, callbacks("pruned"), compile_fn, VERBOSE)
         models["pruned"] = model
 
     # 3. quantization-aware training: TFMOT's QAT does not support tf.distribute, so one device
@@ -132,7 +134,7 @@ def run_fn(fn_args) -> None:
                         plan.devices[0])
         with tf.device(plan.devices[0] if plan.kind != "cpu" else "/cpu:0"):
             model = compression.quantize_aware(model, comp["prune"], comp["qat_epochs"], train,
-                                               callbacks("pqat"), compile_fn)
+                                               callbacks("pqat"), compile_fn, VERBOSE)
             model = compression.for_serving(model, cnn.build_model(image_shape, num_classes, hp))
         models["pqat"] = model
 

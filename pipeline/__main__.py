@@ -145,7 +145,8 @@ class _Progress(logging.Filter):
 def _quiet(verbose: bool) -> None:
     import absl.logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
+    logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
+                        format="%(asctime)s %(levelname).1s %(name)s] %(message)s" if verbose else "%(asctime)s %(message)s")
     absl.logging.set_verbosity(absl.logging.INFO)
     if not verbose:
         import warnings
