@@ -67,3 +67,26 @@ def test_missing_data_folder_exits_2(tmp_path):
     proc = cli("run", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "out"), timeout=120)
     assert proc.returncode == 2
     assert "no such folder" in proc.stderr
+
+
+@pytest.mark.e2e
+def test_label_outside_the_classes_stops_the_run_before_training(tmp_path):
+    import numpy as np
+
+    from components.ingest.formats import to_example
+    import tensorflow as tf
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    with tf.io.TFRecordWriter(str(data / "part.tfrecord")) as writer:
+        for i in range(60):
+            label = 7 if i == 13 else i % 3  # one label outside the 3 known classes
+            writer.write(to_example(rng.integers(0, 255, size=(8, 8, 1)), label).SerializeToString())
+    out = tmp_path / "out"
+    proc = cli("run", "--data", str(data), "--image-shape", "8,8,1", "--num-classes", "3", "--output", str(out),
+               "--beam-arg=--direct_running_mode=in_memory", timeout=600)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "feature 'label'" in proc.stderr and "nothing was trained or pushed" in proc.stderr
+    assert not (out / "pipeline_root" / "Trainer").exists()
+    assert not (out / "serving").exists()
