@@ -62,11 +62,16 @@ def for_serving(quantized, float_model):
     return clone
 
 
-def to_tflite(model, representative_images=None) -> bytes:
-    """Float TFLite, or full-integer int8 (int8 inputs and outputs) given representative images."""
+def to_tflite(model, representative_images=None, sparse: bool = False) -> bytes:
+    """Float TFLite, or full-integer int8 (int8 inputs and outputs) given representative images.
+
+    With `sparse`, pruned weights are stored in TFLite's sparse format (only the non-zeros).
+    """
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if representative_images is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if sparse:
+            converter.optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
         converter.representative_dataset = lambda: ([image[None]] for image in representative_images)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
@@ -95,15 +100,19 @@ def savedmodel_kernels(export_dir: str):
 
 
 def tflite_kernels(tflite_model: bytes):
-    interpreter = tf.lite.Interpreter(model_content=tflite_model)
+    """(name, value) of the weight input of every convolution and fully connected op (densified if sparse)."""
+    interpreter = tf.lite.Interpreter(model_content=tflite_model, experimental_preserve_all_tensors=True)
     interpreter.allocate_tensors()
+    source = interpreter.get_input_details()[0]
+    interpreter.set_tensor(source["index"], np.zeros(source["shape"], source["dtype"]))
+    interpreter.invoke()
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
     kernels = []
-    for detail in interpreter.get_tensor_details():
-        if detail["dtype"] == np.int8 and len(detail["shape"]) >= 2 and detail["name"]:
-            try:
-                kernels.append((detail["name"], interpreter.get_tensor(detail["index"])))
-            except ValueError:  # activations are not readable
-                continue
+    for op in interpreter._get_ops_details():  # the public API has no op list
+        if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and len(op["inputs"]) > 1:
+            index = int(op["inputs"][1])
+            name = f"{len(kernels)}:{op['op_name'].lower()}:{details[index]['name'].split(';')[0]}"
+            kernels.append((name, interpreter.get_tensor(index)))
     return kernels
 
 

@@ -146,7 +146,7 @@ def run_fn(fn_args) -> None:
                               else os.path.join(out_dir, "savedmodel_" + stage))
         signatures.export(stage_model, tft_output, image_shape, export_dirs[stage])
     representative = train_images[np.random.default_rng(0).permutation(len(train_images))[:200]]
-    tflite_int8 = compression.to_tflite(models[final_stage], representative)
+    tflite_int8 = compression.to_tflite(models[final_stage], representative, sparse=comp["prune"])
     tflite_float = compression.to_tflite(baseline)
     for name, content in (("model_int8.tflite", tflite_int8), ("baseline_float.tflite", tflite_float)):
         with tf.io.gfile.GFile(os.path.join(out_dir, name), "wb") as f:

@@ -98,7 +98,10 @@ def test_int8_tflite_runs_with_int8_weights_within_budget(first_run):
         tflite = f.read()
     interpreter = tf.lite.Interpreter(model_content=tflite)
     assert interpreter.get_input_details()[0]["dtype"] == np.int8
-    assert len(compression.tflite_kernels(tflite)) >= 4
+    kernels = compression.tflite_kernels(tflite)
+    assert len(kernels) == 4 and all(v.dtype == np.int8 for _, v in kernels)
+    assert all(np.mean(v == 0) >= TARGET_SPARSITY - 0.01 for _, v in kernels)  # sparse storage keeps the zeros
+    assert len(tflite) < result.compression_report["tflite_int8"]["baseline_float_tflite_bytes"] / 4
     _, pixels, labels = eval_examples(output)
     accuracy = np.mean(compression.tflite_run(tflite, pixels.reshape(len(labels), -1) / 255.0) == labels)
     baseline = result.compression_report["baseline"]["accuracy"]
