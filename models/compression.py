@@ -94,7 +94,7 @@ def savedmodel_kernels(export_dir: str):
     """(checkpoint key, value) of every weight matrix (conv/dense kernel) in a SavedModel's variables."""
     reader = tf.train.load_checkpoint(os.path.join(export_dir, "variables", "variables"))
     suffix = "/.ATTRIBUTES/VARIABLE_VALUE"
-    return [(key[len("weights/"):-len(suffix)], reader.get_tensor(key))
+    return [(key[len("weights/"):-len(suffix)].replace("..", "."), reader.get_tensor(key))  # unescape "."
             for key, shape in sorted(reader.get_variable_to_shape_map().items())
             if key.startswith("weights/") and key.endswith("kernel" + suffix) and len(shape) >= 2]
 

@@ -115,7 +115,7 @@ def run_fn(fn_args) -> None:
                  validation_data=(eval_images, eval_labels))
     fit_seconds = time.perf_counter() - fit_start
     keras.mixed_precision.set_global_policy("float32")
-    models = {"baseline": baseline}
+    stages = {"baseline": baseline}  # stage name → Keras model, in order
 
     # 2. pruning (runs under the strategy; the float32 copy carries the baseline's weights)
     with strategy.scope():
@@ -125,7 +125,7 @@ def run_fn(fn_args) -> None:
         with strategy.scope():
             model = compression.prune(model, comp["target_sparsity"], comp["prune_epochs"], train,
                                       steps_per_epoch, callbacks("pruned"), compile_fn, VERBOSE)
-        models["pruned"] = model
+        stages["pruned"] = model
 
     # 3. quantization-aware training: TFMOT's QAT does not support tf.distribute, so one device
     if comp["qat"]:
@@ -136,17 +136,17 @@ def run_fn(fn_args) -> None:
             model = compression.quantize_aware(model, comp["prune"], comp["qat_epochs"], train,
                                                callbacks("pqat"), compile_fn, VERBOSE)
             model = compression.for_serving(model, cnn.build_model(image_shape, num_classes, hp))
-        models["pqat"] = model
+        stages["pqat"] = model
 
     # 4. export the final model for serving, the earlier stages for measurement, and int8 TFLite
-    final_stage = list(models)[-1]
+    final_stage = list(stages)[-1]
     export_dirs = {}
-    for stage, stage_model in models.items():
+    for stage, stage_model in stages.items():
         export_dirs[stage] = (fn_args.serving_model_dir if stage == final_stage
                               else os.path.join(out_dir, "savedmodel_" + stage))
         signatures.export(stage_model, tft_output, image_shape, export_dirs[stage])
     representative = train_images[np.random.default_rng(0).permutation(len(train_images))[:200]]
-    tflite_int8 = compression.to_tflite(models[final_stage], representative, sparse=comp["prune"])
+    tflite_int8 = compression.to_tflite(stages[final_stage], representative, sparse=comp["prune"])
     tflite_float = compression.to_tflite(baseline)
     for name, content in (("model_int8.tflite", tflite_int8), ("baseline_float.tflite", tflite_float)):
         with tf.io.gfile.GFile(os.path.join(out_dir, name), "wb") as f:
@@ -157,7 +157,7 @@ def run_fn(fn_args) -> None:
     for stage, export_dir in export_dirs.items():
         overall, per_layer = compression.weight_sparsity(compression.savedmodel_kernels(export_dir))
         size, gz = compression.sizes(export_dir)
-        report[stage] = {"accuracy": accuracy(models[stage]), "sparsity": overall,
+        report[stage] = {"accuracy": accuracy(stages[stage]), "sparsity": overall,
                          "layer_sparsity": per_layer, "size_bytes": size, "gzip_bytes": gz,
                          "latency_ms": compression.savedmodel_latency_ms(export_dir, image_shape)}
     tflite_predictions = compression.tflite_run(tflite_int8, eval_images)
