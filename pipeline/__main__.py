@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "tensorboard":
-        logdir = os.path.abspath(os.path.join(args.output, "pipeline_root", "Trainer", "model_run"))
+        logdir = os.path.join(cfg.PipelineConfig(output_dir=args.output).pipeline_root, "Trainer", "model_run")
         if not os.path.isdir(logdir):
             print(f"error: no Trainer runs under {logdir}; run `python -m pipeline run` first", file=sys.stderr)
             return 2
@@ -234,7 +234,7 @@ def main(argv=None) -> int:
                                    "--host", args.host, "--port", str(args.port)])
 
     if args.command == "report":
-        if not os.path.exists(os.path.join(args.output, "metadata.sqlite")):
+        if not os.path.exists(cfg.PipelineConfig(output_dir=args.output).metadata_path):
             print(f"error: no runs under {args.output}; run `python -m pipeline run` first", file=sys.stderr)
             return 2
         _quiet(False)

@@ -76,22 +76,22 @@ class PipelineConfig:
         default_factory=lambda: ["--direct_running_mode=multi_processing", "--direct_num_workers=0"])
     enable_cache: bool = True
 
-    # Where things live under the output directory.
+    # Where things live under the output directory (absolute: TFX and Beam workers need it).
     @property
     def pipeline_root(self) -> str:
-        return os.path.join(self.output_dir, "pipeline_root")
+        return os.path.abspath(os.path.join(self.output_dir, "pipeline_root"))
 
     @property
     def metadata_path(self) -> str:
-        return os.path.join(self.output_dir, "metadata.sqlite")
+        return os.path.abspath(os.path.join(self.output_dir, "metadata.sqlite"))
 
     @property
     def serving_dir(self) -> str:
-        return os.path.join(self.output_dir, "serving", self.model_name)
+        return os.path.abspath(os.path.join(self.output_dir, "serving", self.model_name))
 
     @property
     def report_dir(self) -> str:
-        return os.path.join(self.output_dir, "report")
+        return os.path.abspath(os.path.join(self.output_dir, "report"))
 
     def trainer_config(self) -> dict:
         """The settings the Trainer's run_fn receives as custom_config."""

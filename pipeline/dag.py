@@ -33,9 +33,9 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
         metrics_specs=[tfma.MetricsSpec(metrics=[accuracy, tfma.MetricConfig(class_name="ExampleCount")])])
 
 
-def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
-                    metadata_connection_config=None, serving_dir: str = None) -> tfx.dsl.Pipeline:
-    """The TFX pipeline for `config`, reading data under `data_root`."""
+def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str, serving_dir: str,
+                    metadata_connection_config=None) -> tfx.dsl.Pipeline:
+    """The TFX pipeline for `config`: reads data under `data_root`, pushes to `serving_dir`/<version>."""
     data = config.data
     height, width, channels = data.image_shape
     example_gen = ingest.ImageExampleGen(
@@ -84,7 +84,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
         model=trainer.outputs["model"], model_blessing=compression_gate.outputs["blessing"],
         infra_blessing=canary_check.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
-            base_directory=serving_dir or config.serving_dir))).with_id(PUSHER)
+            base_directory=serving_dir))).with_id(PUSHER)
 
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,

@@ -179,7 +179,10 @@ def push_section(result: RunResult) -> str:
 
 def build(output_dir: str, pipeline_name: str) -> str:
     """Writes <output>/report/index.html for the latest run (atomically); returns its path."""
-    result = latest_run(os.path.join(output_dir, "metadata.sqlite"), pipeline_name)
+    from pipeline.config import PipelineConfig
+
+    paths = PipelineConfig(output_dir=output_dir)
+    result = latest_run(paths.metadata_path, pipeline_name)
     components = _table(["component", "state", "seconds"],
                         [[c.name, c.state, f"{c.seconds:.1f}"] for c in result.components])
     sections = [("Components", components), ("Data", data_section(result)), ("Anomalies", anomalies_section(result)),
@@ -193,9 +196,8 @@ img{{max-width:100%;display:block;margin:.5em 0}}</style></head><body>
 <h1>{html.escape(pipeline_name)}: run report</h1><p>Generated {time.strftime("%Y-%m-%d %H:%M:%S")}</p>{body}
 <script>window.addEventListener("load",()=>document.querySelectorAll("img").forEach(i=>{{i.dataset.naturalWidth=i.naturalWidth}}));</script>
 </body></html>"""
-    report_dir = os.path.join(output_dir, "report")
-    os.makedirs(report_dir, exist_ok=True)
-    path = os.path.join(report_dir, "index.html")
+    os.makedirs(paths.report_dir, exist_ok=True)
+    path = os.path.join(paths.report_dir, "index.html")
     with open(path + ".tmp", "w") as f:
         f.write(page)
     os.replace(path + ".tmp", path)

@@ -52,14 +52,10 @@ def run_local(config: PipelineConfig) -> RunResult:
     from tfx import v1 as tfx
 
     data_root = prepare_data(config)
-    output_dir = os.path.abspath(config.output_dir)
-    os.makedirs(output_dir, exist_ok=True)
-    metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(
-        os.path.join(output_dir, "metadata.sqlite"))
-    pipeline = dag.create_pipeline(config, data_root=data_root,
-                                   pipeline_root=os.path.join(output_dir, "pipeline_root"),
-                                   metadata_connection_config=metadata,
-                                   serving_dir=os.path.join(output_dir, "serving", config.model_name))
+    os.makedirs(config.output_dir, exist_ok=True)
+    metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
+    pipeline = dag.create_pipeline(config, data_root=data_root, pipeline_root=config.pipeline_root,
+                                   metadata_connection_config=metadata, serving_dir=config.serving_dir)
     error, argv = None, sys.argv
     sys.argv = argv[:1]  # Beam executors parse sys.argv as absl flags; the caller's flags are not theirs
     try:
@@ -68,9 +64,9 @@ def run_local(config: PipelineConfig) -> RunResult:
         error = e
     finally:
         sys.argv = argv
-    result = latest_run(os.path.join(output_dir, "metadata.sqlite"), config.pipeline_name)
+    result = latest_run(config.metadata_path, config.pipeline_name)
     if result.compression_report is not None:
-        _publish_report(result, os.path.join(output_dir, "report"))
+        _publish_report(result, config.report_dir)
     if error is not None:
         raise PipelineFailed(result, error) from error
     return result
