@@ -69,7 +69,8 @@ def read_image_file(path: str, class_names: Sequence[str], shape: Shape) -> Iter
     class_name = os.path.basename(os.path.dirname(path))
     if class_name not in class_names:
         raise DataError(f"{path}: class folder '{class_name}' is not one of the known classes "
-                        f"{list(class_names)}. Pass --num-classes/--data with the full class list.")
+                        f"{list(class_names)} (the latest span's folders). Remove it, or add the class to "
+                        "the latest span.")
     yield decode_image(_read(path), shape, path), class_names.index(class_name)
 
 
