@@ -22,8 +22,8 @@ def prepare_data(config: PipelineConfig) -> str:
         data_root = os.path.abspath(os.path.join(config.output_dir, "data", "digits"))
         formats.write_digits(data_root)
         config.data = dataclasses.replace(config.data, path=data_root, format="tfrecord",
-                                          image_shape=config.data.image_shape or (8, 8, 1),
-                                          num_classes=config.data.num_classes or 10)
+                                          image_shape=config.data.image_shape or formats.DIGITS_SHAPE,
+                                          num_classes=config.data.num_classes or formats.DIGITS_CLASSES)
     config.data.path = config.data.path if "://" in config.data.path else os.path.abspath(config.data.path)
     formats.probe(config.data)
     return config.data.path
@@ -140,11 +140,13 @@ def compile_kubeflow(config: PipelineConfig, pipeline_root: str, image: str, out
     """Writes a Kubeflow Pipelines v2 spec (JSON) offline; returns it parsed."""
     from tfx import v1 as tfx
 
+    from components.ingest import formats
+
     if config.data.path is None:  # the bundled digits, baked into the image by the Dockerfile
         config.data = dataclasses.replace(config.data, path=BUNDLED_DATA_IN_IMAGE, format="tfrecord",
-                                          image_shape=(8, 8, 1), num_classes=10,
+                                          image_shape=formats.DIGITS_SHAPE, num_classes=formats.DIGITS_CLASSES,
                                           input_pattern="span-{SPAN}/*")
-    elif "://" not in config.data.path or os.path.isdir(config.data.path):
+    elif "://" not in config.data.path:  # local data can be probed; remote data must be described
         prepare_data(config)
     missing = [f for f, v in (("--image-shape", config.data.image_shape), ("--num-classes", config.data.num_classes),
                               ("--input-pattern", config.data.input_pattern)) if not v]

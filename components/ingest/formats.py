@@ -245,6 +245,9 @@ def probe(spec) -> None:
         raise DataError(f"{spec.path}: found {spec.num_classes} class; a classifier needs at least 2.")
 
 
+DIGITS_SHAPE, DIGITS_CLASSES = (8, 8, 1), 10  # what write_digits writes
+
+
 def write_digits(folder: str, span: int = 1, seed: Optional[int] = None) -> str:
     """Writes scikit-learn's bundled 8x8 digits as canonical tf.Examples into `folder/span-N/`.
 
