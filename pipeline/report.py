@@ -5,7 +5,6 @@ Everything is inline (tables, PNG plots as data URIs): it opens without network 
 from __future__ import annotations
 
 import base64
-import glob
 import html
 import io
 import os
@@ -94,10 +93,13 @@ def curves_section(result: RunResult) -> str:
 
     if not result.model_run_dir:
         return "<p>The Trainer did not run.</p>"
+    import tensorflow as tf
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     found = False
-    offset = 0
+    offset = 0  # stages are plotted one after the other on one epoch axis
     for stage in STAGES:
+        stage_epochs = 0
         for kind, style in (("train", "-"), ("validation", "--")):
             path = os.path.join(result.model_run_dir, stage, kind)
             if not os.path.isdir(path):
@@ -106,17 +108,11 @@ def curves_section(result: RunResult) -> str:
             for ax, tag in zip(axes, ("epoch_loss", "epoch_accuracy")):
                 if tag in events.Tags().get("tensors", []):
                     points = events.Tensors(tag)
-                    import tensorflow as tf
-
                     ax.plot([offset + p.step for p in points], [float(tf.make_ndarray(p.tensor_proto)) for p in points],
                             style, marker="o", label=f"{stage} {kind}")
+                    stage_epochs = max(stage_epochs, len(points))
                     found = True
-        steps = glob.glob(os.path.join(result.model_run_dir, stage, "train", "*"))
-        if steps:
-            events = EventAccumulator(os.path.join(result.model_run_dir, stage, "train"),
-                                      size_guidance={"tensors": 0}).Reload()
-            if "epoch_loss" in events.Tags().get("tensors", []):
-                offset += len(events.Tensors("epoch_loss"))
+        offset += stage_epochs
     if not found:
         return "<p>No training curves found.</p>"
     for ax, title in zip(axes, ("loss", "accuracy")):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import queue
 import threading
@@ -203,21 +204,17 @@ class InferenceCore:
         self._inflight = 0
         self._inflight_lock = threading.Condition()
 
+    @contextlib.contextmanager
     def track(self):
-        """Context manager counting in-flight requests (for draining on SIGTERM)."""
-        core = self
-
-        class _Track:
-            def __enter__(self):
-                with core._inflight_lock:
-                    core._inflight += 1
-
-            def __exit__(self, *exc):
-                with core._inflight_lock:
-                    core._inflight -= 1
-                    core._inflight_lock.notify_all()
-
-        return _Track()
+        """Counts a request as in flight while it runs (for draining on SIGTERM)."""
+        with self._inflight_lock:
+            self._inflight += 1
+        try:
+            yield
+        finally:
+            with self._inflight_lock:
+                self._inflight -= 1
+                self._inflight_lock.notify_all()
 
     def drain(self, timeout: float) -> bool:
         with self._inflight_lock:

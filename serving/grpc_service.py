@@ -49,7 +49,7 @@ class _Guard:
         self.tracker.__enter__()
 
     def __exit__(self, kind, error, tb):
-        self.tracker.__exit__(kind, error, tb)
+        self.tracker.__exit__(None, None, None)  # only the in-flight count; errors are mapped below
         status = "OK"
         if isinstance(error, ServingError):
             status = error.code
