@@ -1,5 +1,4 @@
 """Gates that stop a run: bad data before training, a costly compression before push."""
-import json
 import os
 
 import tensorflow as tf
@@ -7,7 +6,9 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.v1.dsl.components import InputArtifact, OutputArtifact, Parameter, component
 
-COMPRESSION_REPORT = "compression/compression.json"
+from components.compressor.report import MODEL_STAGES, CompressionReport, CompressionReportArtifact
+
+SPARSITY_TOLERANCE = 0.005  # measured sparsity may fall this far under the target (rounding per layer)
 
 
 class DataAnomaliesError(RuntimeError):
@@ -42,35 +43,42 @@ def DataGate(anomalies: InputArtifact[standard_artifacts.ExampleAnomalies]):
             "--image-shape that match the data) and run again.")
 
 
-def compression_verdict(report: dict, max_accuracy_drop: float) -> str:
-    """Empty when the final stage is within budget of the baseline, else why it is not."""
-    stages = [s for s in ("baseline", "pruned", "pqat") if s in report]
-    baseline, final = report["baseline"]["accuracy"], report[stages[-1]]["accuracy"]
-    if baseline - final <= max_accuracy_drop:
-        return ""
-    steps = ", ".join(f"{a}→{b}: {100 * (report[a]['accuracy'] - report[b]['accuracy']):+.2f} points lost"
-                      for a, b in zip(stages, stages[1:]))
-    return (f"compression lost {100 * (baseline - final):.2f} accuracy points "
-            f"(baseline {baseline:.4f} → {stages[-1]} {final:.4f}; {steps}), more than the budget of "
-            f"{100 * max_accuracy_drop:.2f} points (--max-accuracy-drop)")
+def compression_verdict(report: CompressionReport, max_accuracy_drop: float) -> str:
+    """Empty when the served stage is within budget of the baseline and as sparse as asked, else why not."""
+    reasons = []
+    stages = [s for s in MODEL_STAGES if s in report.stages]
+    final = report.final_model_stage
+    baseline, served = report.stages["baseline"].accuracy, report.stages[final].accuracy
+    if baseline - served > max_accuracy_drop:
+        steps = ", ".join(f"{a}→{b}: {100 * (report.stages[a].accuracy - report.stages[b].accuracy):+.2f} points lost"
+                          for a, b in zip(stages, stages[1:]))
+        reasons.append(f"compression lost {100 * (baseline - served):.2f} accuracy points "
+                       f"(baseline {baseline:.4f} → {final} {served:.4f}; {steps}), more than the budget of "
+                       f"{100 * max_accuracy_drop:.2f} points (--max-accuracy-drop)")
+    if report.target_sparsity is not None:
+        measured = report.stages[final].sparsity
+        if measured < report.target_sparsity - SPARSITY_TOLERANCE:
+            reasons.append(f"the {final} model's measured weight sparsity is {measured:.3f}, under the target "
+                           f"sparsity {report.target_sparsity:.3f} (--target-sparsity): pruning did not reach "
+                           "its target; give it more steps (--prune-epochs) or lower the target")
+    return "; ".join(reasons)
 
 
 @component
-def CompressionGate(model_run: InputArtifact[standard_artifacts.ModelRun],
+def CompressionGate(report: InputArtifact[CompressionReportArtifact],
                     evaluation: InputArtifact[standard_artifacts.ModelBlessing],
                     blessing: OutputArtifact[standard_artifacts.ModelBlessing],
                     max_accuracy_drop: Parameter[float]):
-    """Blesses the model only if the Evaluator did and compression cost at most `max_accuracy_drop`.
+    """Blesses the compressed model only if the Evaluator did, compression cost at most
+    `max_accuracy_drop` against this run's baseline, and pruning reached its target sparsity.
 
     The Pusher reads this blessing; the reason for a refusal is in its `reason` custom property.
     """
-    with tf.io.gfile.GFile(os.path.join(model_run.uri, COMPRESSION_REPORT)) as f:
-        report = json.load(f)
     reasons = []
     if evaluation.get_int_custom_property("blessed") != 1:
         reasons.append("the Evaluator did not bless the model (accuracy under the threshold, or a "
                        "regression against the last blessed model; see its metrics)")
-    verdict = compression_verdict(report, max_accuracy_drop)
+    verdict = compression_verdict(CompressionReport.load(report.uri), max_accuracy_drop)
     if verdict:
         reasons.append(verdict)
     for key in ("current_model", "baseline_model"):  # what the Evaluator compared, for the Resolver

@@ -29,6 +29,12 @@ def build_model(image_shape, num_classes: int, hp) -> keras.Model:
     return keras.Model(inputs, outputs)
 
 
+def image_shape_of(model: keras.Model) -> tuple:
+    """(H, W, C) of the images a model built by `build_model` reads (its flat input is reshaped to it)."""
+    return next(tuple(int(d) for d in layer.target_shape) for layer in model.layers
+                if isinstance(layer, keras.layers.Reshape))
+
+
 def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(),

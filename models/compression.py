@@ -1,7 +1,6 @@
 """Prune → strip → prune-preserving QAT → full-integer TFLite, and what each stage costs and buys."""
 import gzip
 import io
-import json
 import os
 import tarfile
 import time
@@ -10,23 +9,35 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-STAGES = ("baseline", "pruned", "pqat", "tflite_int8")
-
 
 # ----------------------------------------------------------------------------- the stages
-def prune(model, target_sparsity: float, epochs: int, train, steps_per_epoch: int, callbacks, compile_fn,
-          verbose: int = 2):
-    """Magnitude pruning on a polynomial-decay schedule to `target_sparsity`, fine-tuned, then stripped."""
-    end_step = max(1, int(epochs * steps_per_epoch * 0.7))  # reach the target, then recover accuracy
-    schedule = tfmot.sparsity.keras.PolynomialDecay(
-        initial_sparsity=0.0, final_sparsity=target_sparsity, begin_step=0, end_step=end_step, frequency=10)
+PRUNE_END_FRACTION = 0.7  # of the pruning steps: reach the target, then recover accuracy at it
+
+
+def pruning_schedule(total_steps: int, target_sparsity: float):
+    """Polynomial decay to `target_sparsity` that lands on a pruning step, so the target is always reached.
+
+    TFMOT updates the masks only on steps that are multiples of `frequency` from `begin_step`, up to
+    `end_step`; the end step is placed on such a step, at about PRUNE_END_FRACTION of the run.
+    """
+    if total_steps < 3:
+        return tfmot.sparsity.keras.ConstantSparsity(target_sparsity, begin_step=0, frequency=1)
+    frequency = max(1, min(100, total_steps // 10))  # about ten mask updates
+    end_step = max(frequency, int(total_steps * PRUNE_END_FRACTION) // frequency * frequency)
+    return tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=target_sparsity,
+                                                begin_step=0, end_step=end_step, frequency=frequency)
+
+
+def prune(model, schedule, epochs: int, steps_per_epoch: int, train, callbacks, compile_fn, verbose: int = 2):
+    """Magnitude pruning on `schedule`, fine-tuned for `epochs`, then stripped of its wrappers."""
     pruned = compile_fn(tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule))
-    pruned.fit(train, epochs=epochs, verbose=verbose,
+    pruned.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
                callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *callbacks])
     return tfmot.sparsity.keras.strip_pruning(pruned)
 
 
-def quantize_aware(model, sparse: bool, epochs: int, train, callbacks, compile_fn, verbose: int = 2):
+def quantize_aware(model, sparse: bool, epochs: int, steps_per_epoch: int, train, callbacks, compile_fn,
+                   verbose: int = 2):
     """8-bit quantization-aware training; with `sparse`, the prune-preserving scheme (PQAT) keeps zeros."""
     annotated = tfmot.quantization.keras.quantize_annotate_model(model)
     if sparse:
@@ -35,7 +46,7 @@ def quantize_aware(model, sparse: bool, epochs: int, train, callbacks, compile_f
     else:
         quantized = tfmot.quantization.keras.quantize_apply(annotated)
     quantized = compile_fn(quantized)
-    quantized.fit(train, epochs=epochs, verbose=verbose, callbacks=callbacks)
+    quantized.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose, callbacks=callbacks)
     return quantized
 
 
@@ -116,17 +127,21 @@ def tflite_kernels(tflite_model: bytes):
     return kernels
 
 
-def sizes(path: str):
-    """(bytes on disk, bytes of a gzip-compressed tar) of a file or directory."""
-    if os.path.isfile(path):
-        with open(path, "rb") as f:
-            data = f.read()
-        return len(data), len(gzip.compress(data, 9))
-    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+def sizes(path: str, exclude: str = ""):
+    """(bytes on disk, bytes of a gzip-compressed tar) of a directory, without its `exclude` sub-folder."""
+    skip = os.path.join(path, exclude) if exclude else None
+    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files
+                if not (skip and (d + "/").startswith(skip + "/")))
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=9) as tar:
-        tar.add(path, arcname=".")
+        tar.add(path, arcname=".", filter=lambda info: None if skip and info.name.lstrip("./").startswith(exclude)
+                else info)
     return total, len(buffer.getvalue())
+
+
+def sizes_of_bytes(content: bytes):
+    """(bytes, gzip-compressed bytes) of a file's content."""
+    return len(content), len(gzip.compress(content, 9))
 
 
 def median_latency_ms(call, repeats: int = 50) -> float:
@@ -162,7 +177,17 @@ def tflite_run(tflite_model: bytes, images: np.ndarray) -> np.ndarray:
     return np.asarray(predictions)
 
 
-def tflite_latency_ms(tflite_model: bytes, image: np.ndarray) -> float:
+def tflite_accuracy(tflite_model: bytes, batches) -> float:
+    """Accuracy of a TFLite model over (features, labels) batches, streamed."""
+    correct = total = 0
+    for features, labels in batches:
+        predictions = tflite_run(tflite_model, np.asarray(features["image"]))
+        correct += int(np.sum(predictions == np.asarray(labels).reshape(-1)))
+        total += len(predictions)
+    return correct / max(total, 1)
+
+
+def tflite_latency_ms(tflite_model: bytes) -> float:
     interpreter = tf.lite.Interpreter(model_content=tflite_model)
     interpreter.allocate_tensors()
     source = interpreter.get_input_details()[0]
@@ -173,43 +198,3 @@ def tflite_latency_ms(tflite_model: bytes, image: np.ndarray) -> float:
         interpreter.invoke()
 
     return median_latency_ms(call, repeats=200)
-
-
-# ----------------------------------------------------------------------------- the report
-def write_report(report: dict, out_dir: str) -> None:
-    """compression.json, compression.md and compression.png (accuracy against gzip size) in out_dir."""
-    tf.io.gfile.makedirs(out_dir)
-    stages = [s for s in STAGES if s in report]
-    _atomic_write(os.path.join(out_dir, "compression.json"), json.dumps(report, indent=2).encode())
-    rows = ["| stage | accuracy | sparsity | size (KB) | gzip (KB) | latency (ms) |",
-            "|---|---|---|---|---|---|"]
-    for s in stages:
-        r = report[s]
-        rows.append(f"| {s} | {r['accuracy']:.4f} | {r['sparsity']:.3f} | {r['size_bytes'] / 1024:.1f} | "
-                    f"{r['gzip_bytes'] / 1024:.1f} | {r['latency_ms']:.3f} |")
-    _atomic_write(os.path.join(out_dir, "compression.md"), ("\n".join(rows) + "\n").encode())
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for s in stages:
-        ax.scatter(report[s]["gzip_bytes"] / 1024, 100 * report[s]["accuracy"], s=60)
-        ax.annotate(s, (report[s]["gzip_bytes"] / 1024, 100 * report[s]["accuracy"]),
-                    textcoords="offset points", xytext=(6, 4))
-    ax.set_xscale("log")
-    ax.set_xlabel("gzip-compressed size (KB, log scale)")
-    ax.set_ylabel("eval accuracy (%)")
-    ax.set_title("Accuracy vs. compressed size per stage")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    _atomic_write(os.path.join(out_dir, "compression.png"), buffer.getvalue())
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    with tf.io.gfile.GFile(path + ".tmp", "wb") as f:
-        f.write(data)
-    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)

@@ -71,9 +71,11 @@ def _add_settings(parser: argparse.ArgumentParser, output_dir: bool = True) -> N
     parser.add_argument("--model-name", default="digits", help="served model name (default: digits)")
     parser.add_argument("--pipeline-name", default=None, help="TFX pipeline name (default: the model name)")
     train = parser.add_argument_group("training")
-    for field in ("epochs", "batch_size", "dense_units"):
+    for field in ("epochs", "patience", "batch_size", "dense_units"):
         train.add_argument("--" + field.replace("_", "-"), type=_positive)
     train.add_argument("--learning-rate", type=float)
+    train.add_argument("--seed", type=int, help="seeds training and compression (default 0): reruns on the "
+                                                "CPU give identical models")
     comp = parser.add_argument_group("compression")
     comp.add_argument("--no-prune", action="store_true", help="skip magnitude pruning")
     comp.add_argument("--no-qat", action="store_true", help="skip quantization-aware training")
@@ -87,7 +89,8 @@ def _add_settings(parser: argparse.ArgumentParser, output_dir: bool = True) -> N
     gate.add_argument("--max-regression", type=float,
                       help="largest accuracy drop vs. the last blessed model (default 0.02)")
     parser.add_argument("--beam-arg", action="append", default=None, metavar="ARG",
-                        help="Beam pipeline argument, repeatable (default: DirectRunner, multi-processing)")
+                        help="Beam pipeline argument, repeatable (default: the DirectRunner, in-memory for "
+                             "small data, multi-processing for large)")
     parser.add_argument("--no-cache", action="store_true", help="run every component even if cached")
     parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's and TFX's own logs")
 
@@ -98,7 +101,7 @@ def config_from_args(args) -> cfg.PipelineConfig:
     config.data = cfg.DataSpec(path=args.data, format=args.format, image_feature=args.image_feature,
                                label_feature=args.label_feature, image_shape=args.image_shape,
                                num_classes=args.num_classes, input_pattern=args.input_pattern or "")
-    for field in ("epochs", "batch_size", "dense_units", "learning_rate"):
+    for field in ("epochs", "patience", "batch_size", "dense_units", "learning_rate"):
         if getattr(args, field) is not None:
             setattr(config.hparams, field, getattr(args, field))
     c = config.compression
@@ -112,6 +115,8 @@ def config_from_args(args) -> cfg.PipelineConfig:
         config.thresholds.max_accuracy_regression = args.max_regression
     if args.beam_arg:
         config.beam_args = args.beam_arg
+    if args.seed is not None:
+        config.seed = args.seed
     return config
 
 
@@ -168,12 +173,9 @@ def _print_summary(result, config) -> None:
     report = result.compression_report
     if report:
         print("\ncompression (eval split):")
-        print(f"  {'stage':12s} {'accuracy':>8s} {'sparsity':>8s} {'KB':>9s} {'gzip KB':>9s} {'ms':>7s}")
-        for stage in ("baseline", "pruned", "pqat", "tflite_int8"):
-            if stage in report:
-                r = report[stage]
-                print(f"  {stage:12s} {r['accuracy']:8.4f} {r['sparsity']:8.3f} {r['size_bytes'] / 1024:9.1f} "
-                      f"{r['gzip_bytes'] / 1024:9.1f} {r['latency_ms']:7.3f}")
+        print("  " + "".join(f"{h:>12s}" for h in report.HEADER))
+        for row in report.rows():
+            print("  " + "".join(f"{v:>12s}" for v in row))
         print(f"  report: {os.path.join(output_dir, 'report', 'compression.md')} (plot: compression.png)")
     try:
         from pipeline import report
@@ -226,11 +228,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "tensorboard":
-        logdir = os.path.join(cfg.PipelineConfig(output_dir=args.output).pipeline_root, "Trainer", "model_run")
-        if not os.path.isdir(logdir):
-            print(f"error: no Trainer runs under {logdir}; run `python -m pipeline run` first", file=sys.stderr)
+        root = cfg.PipelineConfig(output_dir=args.output).pipeline_root
+        logdirs = {name.lower(): os.path.join(root, name, "model_run") for name in ("Trainer", "Compressor")}
+        if not any(os.path.isdir(d) for d in logdirs.values()):
+            print(f"error: no Trainer runs under {root}; run `python -m pipeline run` first", file=sys.stderr)
             return 2
-        os.execvp(sys.executable, [sys.executable, "-m", "tensorboard.main", "--logdir", logdir,
+        spec = ",".join(f"{name}:{d}" for name, d in logdirs.items() if os.path.isdir(d))
+        os.execvp(sys.executable, [sys.executable, "-m", "tensorboard.main", "--logdir_spec", spec,
                                    "--host", args.host, "--port", str(args.port)])
 
     if args.command == "report":

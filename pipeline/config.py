@@ -16,7 +16,8 @@ FORMATS = ("auto", "images", "idx", "tfrecord")
 class HParams:
     """Training hyperparameters of the CNN (models/cnn.py reads them)."""
 
-    epochs: int = 12
+    epochs: int = 20  # a ceiling: training stops when validation loss stops improving
+    patience: int = 2  # epochs without a better validation loss before stopping (best weights kept)
     batch_size: int = 32
     learning_rate: float = 1e-3
     conv_filters: Tuple[int, ...] = (32, 64)
@@ -30,9 +31,9 @@ class Compression:
 
     prune: bool = True
     target_sparsity: float = 0.8
-    prune_epochs: int = 6
+    prune_epochs: int = 4
     qat: bool = True
-    qat_epochs: int = 3
+    qat_epochs: int = 2
     max_accuracy_drop: float = 0.01  # PQAT may lose at most this much accuracy vs. the baseline
 
 
@@ -46,11 +47,8 @@ class Thresholds:
 
 @dataclasses.dataclass
 class DataSpec:
-    """What the input data is and how to read it.
-
-    `image_shape`, `num_classes` and `class_names` are filled from the data by
-    `components.ingest.probe` when not given.
-    """
+    """What the user says about the input data; what is not said is found by the probe
+    (`components.ingest.formats.probe`, which returns a DataFacts value)."""
 
     path: Optional[str] = None  # None: the bundled scikit-learn digits
     format: str = "auto"
@@ -59,7 +57,7 @@ class DataSpec:
     image_shape: Optional[Tuple[int, int, int]] = None
     num_classes: Optional[int] = None
     class_names: Optional[List[str]] = None
-    input_pattern: str = ""  # relative to `path`; filled by the probe ({SPAN} when spans exist)
+    input_pattern: str = ""  # relative to `path`; default: by format ({SPAN} when spans exist)
 
 
 @dataclasses.dataclass
@@ -72,8 +70,8 @@ class PipelineConfig:
     compression: Compression = dataclasses.field(default_factory=Compression)
     thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
     eval_fraction_buckets: Tuple[int, int] = (4, 1)  # train:eval hash buckets
-    beam_args: List[str] = dataclasses.field(
-        default_factory=lambda: ["--direct_running_mode=multi_processing", "--direct_num_workers=0"])
+    seed: int = 0  # seeds training and compression: reruns on the CPU give identical models
+    beam_args: List[str] = dataclasses.field(default_factory=list)  # empty: DirectRunner, mode by data size
     enable_cache: bool = True
 
     # Where things live under the output directory (absolute: TFX and Beam workers need it).
@@ -93,13 +91,7 @@ class PipelineConfig:
     def report_dir(self) -> str:
         return os.path.abspath(os.path.join(self.output_dir, "report"))
 
-    def trainer_config(self) -> dict:
+    def trainer_config(self, image_shape, num_classes: int) -> dict:
         """The settings the Trainer's run_fn receives as custom_config."""
-        return {
-            "image_shape": list(self.data.image_shape),
-            "num_classes": self.data.num_classes,
-            "hparams": dataclasses.asdict(self.hparams),
-            # max_accuracy_drop is the gate's, not the Trainer's: changing it must not retrain.
-            "compression": {k: v for k, v in dataclasses.asdict(self.compression).items()
-                            if k != "max_accuracy_drop"},
-        }
+        return {"image_shape": list(image_shape), "num_classes": int(num_classes), "seed": self.seed,
+                "hparams": dataclasses.asdict(self.hparams)}

@@ -1,9 +1,9 @@
-"""create_pipeline(config): the one place where components are wired together.
+"""create_pipeline(config, facts): the one place where components are wired together.
 
 ExampleGen → StatisticsGen → (schema) → ExampleValidator → DataGate ┐
-                                                                   └→ Transform → Trainer ┐
-                         Resolver (latest blessed model) → Evaluator ─────────────────────┴→ CompressionGate ┐
-                                                               Trainer → Canary (serve on loopback) ┴→ Pusher
+                                    └→ Transform → Trainer (float baseline) → Compressor (prune, PQAT, int8) ┐
+           Resolver (latest blessed model) → Evaluator (judges the compressed model) → CompressionGate ┐   │
+                                                     Compressor → Canary (serve on loopback) ──────────┴→ Pusher
 """
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
@@ -11,10 +11,13 @@ from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import La
 from tfx.types import standard_artifacts
 
 from components import canary, gates, ingest, schema
+from components.compressor import Compressor
+from components.ingest.formats import DataFacts
 from pipeline.config import PipelineConfig
 
 # Component ids, used by the runners and the CLI to find outputs.
-TRAINER, EVALUATOR, GATE, CANARY, PUSHER = "Trainer", "Evaluator", "CompressionGate", "Canary", "Pusher"
+TRAINER, COMPRESSOR, EVALUATOR, GATE, CANARY, PUSHER = (
+    "Trainer", "Compressor", "Evaluator", "CompressionGate", "Canary", "Pusher")
 
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
@@ -33,16 +36,12 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
         metrics_specs=[tfma.MetricsSpec(metrics=[accuracy, tfma.MetricConfig(class_name="ExampleCount")])])
 
 
-def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str, serving_dir: str,
-                    metadata_connection_config=None) -> tfx.dsl.Pipeline:
-    """The TFX pipeline for `config`: reads data under `data_root`, pushes to `serving_dir`/<version>."""
-    data = config.data
+def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str, serving_dir: str,
+                    beam_args: list, metadata_connection_config=None) -> tfx.dsl.Pipeline:
+    """The TFX pipeline for `config` on `data`; pushes to `serving_dir`/<version>."""
     height, width, channels = data.image_shape
     example_gen = ingest.ImageExampleGen(
-        input_base=data_root, input_pattern=data.input_pattern,
-        data_config={"format": data.format, "image_shape": list(data.image_shape),
-                     "class_names": data.class_names, "image_feature": data.image_feature,
-                     "label_feature": data.label_feature},
+        input_base=data.path, input_pattern=data.input_pattern, data_config=data.example_gen_config(),
         buckets=config.eval_fraction_buckets)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = schema.ConfigSchemaGen(image_size=height * width * channels, num_classes=data.num_classes)
@@ -61,9 +60,16 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str, 
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(splits=["train"]),
+        train_args=tfx.proto.TrainArgs(splits=["train"]),  # no num_steps: epochs over the whole split
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-        custom_config=config.trainer_config()).with_id(TRAINER)
+        custom_config=config.trainer_config(data.image_shape, data.num_classes)).with_id(TRAINER)
+    c = config.compression
+    compressor = Compressor(
+        model=trainer.outputs["model"], examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"], prune=c.prune, target_sparsity=c.target_sparsity,
+        prune_epochs=c.prune_epochs, qat=c.qat, qat_epochs=c.qat_epochs, batch_size=config.hparams.batch_size,
+        learning_rate=config.hparams.learning_rate, seed=config.seed).with_id(COMPRESSOR)
+    candidate = compressor.outputs["compressed_model"]  # what is judged, canaried and pushed
 
     model_resolver = tfx.dsl.Resolver(
         strategy_class=LatestBlessedModelStrategy,
@@ -72,16 +78,16 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str, 
                                        producer_component_id=GATE),
     ).with_id("latest_blessed_model_resolver")
     evaluator = tfx.components.Evaluator(
-        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        examples=example_gen.outputs["examples"], model=candidate,
         baseline_model=model_resolver.outputs["model"], eval_config=eval_config(config)).with_id(EVALUATOR)
 
     compression_gate = gates.CompressionGate(
-        model_run=trainer.outputs["model_run"], evaluation=evaluator.outputs["blessing"],
+        report=compressor.outputs["report"], evaluation=evaluator.outputs["blessing"],
         max_accuracy_drop=config.compression.max_accuracy_drop).with_id(GATE)
-    canary_check = canary.Canary(model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
+    canary_check = canary.Canary(model=candidate, examples=example_gen.outputs["examples"],
                                  model_name=config.model_name).with_id(CANARY)
     pusher = tfx.components.Pusher(
-        model=trainer.outputs["model"], model_blessing=compression_gate.outputs["blessing"],
+        model=candidate, model_blessing=compression_gate.outputs["blessing"],
         infra_blessing=canary_check.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
             base_directory=serving_dir))).with_id(PUSHER)
@@ -90,7 +96,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str, 
         pipeline_name=config.pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform,
-                    trainer, model_resolver, evaluator, compression_gate, canary_check, pusher],
+                    trainer, compressor, model_resolver, evaluator, compression_gate, canary_check, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
-        beam_pipeline_args=config.beam_args)
+        beam_pipeline_args=beam_args)

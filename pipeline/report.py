@@ -9,12 +9,12 @@ import html
 import io
 import os
 import time
-from typing import List, Optional
+from typing import List
 
+from components.compressor.report import MODEL_STAGES, PLOT
 from pipeline import dag
 from pipeline.runners import RunResult, latest_run
 
-STAGES = ("baseline", "pruned", "pqat")
 
 
 def _png(fig) -> str:
@@ -32,11 +32,6 @@ def _table(header: List[str], rows: List[list], css: str = "") -> str:
     return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _uri(result: RunResult, node: str, key: str) -> Optional[str]:
-    artifact = result.artifacts.get((node, key))
-    return artifact.uri if artifact is not None else None
-
-
 def data_section(result: RunResult) -> str:
     """Per split: example count and the label distribution (from StatisticsGen's statistics)."""
     import matplotlib
@@ -45,7 +40,7 @@ def data_section(result: RunResult) -> str:
     import matplotlib.pyplot as plt
     import tensorflow_data_validation as tfdv
 
-    uri = _uri(result, "StatisticsGen", "statistics")
+    uri = result.uri("StatisticsGen", "statistics")
     if uri is None:
         return "<p>No statistics (StatisticsGen did not run).</p>"
     rows, fig, ax = [], *plt.subplots(figsize=(6, 3))
@@ -91,17 +86,19 @@ def curves_section(result: RunResult) -> str:
     import matplotlib.pyplot as plt
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    if not result.model_run_dir:
+    runs = {"baseline": result.uri(dag.TRAINER, "model_run"), "pruned": result.uri(dag.COMPRESSOR, "model_run"),
+            "pqat": result.uri(dag.COMPRESSOR, "model_run")}
+    if not runs["baseline"]:
         return "<p>The Trainer did not run.</p>"
     import tensorflow as tf
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     found = False
     offset = 0  # stages are plotted one after the other on one epoch axis
-    for stage in STAGES:
+    for stage in MODEL_STAGES:
         stage_epochs = 0
         for kind, style in (("train", "-"), ("validation", "--")):
-            path = os.path.join(result.model_run_dir, stage, kind)
+            path = os.path.join(runs[stage] or "", stage, kind)
             if not os.path.isdir(path):
                 continue
             events = EventAccumulator(path, size_guidance={"tensors": 0}).Reload()
@@ -128,19 +125,16 @@ def compression_section(result: RunResult) -> str:
     report = result.compression_report
     if not report:
         return "<p>No compression report.</p>"
-    rows = [[s, f"{report[s]['accuracy']:.4f}", f"{report[s]['sparsity']:.3f}", f"{report[s]['size_bytes'] / 1024:.1f}",
-             f"{report[s]['gzip_bytes'] / 1024:.1f}", f"{report[s]['latency_ms']:.3f}"]
-            for s in (*STAGES, "tflite_int8") if s in report]
-    with open(os.path.join(result.model_run_dir, "compression", "compression.png"), "rb") as f:
+    with open(os.path.join(result.uri(dag.COMPRESSOR, "report"), PLOT), "rb") as f:
         plot = "data:image/png;base64," + base64.b64encode(f.read()).decode()
-    return (_table(["stage", "accuracy", "sparsity", "size KB", "gzip KB", "latency ms"], rows, "compression") +
+    return (_table(report.HEADER, report.rows(), "compression") +
             f'<img id="compression-plot" alt="accuracy vs size" src="{plot}">')
 
 
 def evaluation_section(result: RunResult) -> str:
     import tensorflow_model_analysis as tfma
 
-    uri = _uri(result, dag.EVALUATOR, "evaluation")
+    uri = result.uri(dag.EVALUATOR, "evaluation")
     if uri is None:
         return "<p>The Evaluator did not run.</p>"
     overall, per_class = [], []

@@ -3,30 +3,49 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import sys
 from typing import Dict, List, Optional
 
+from components.compressor.report import JSON, MARKDOWN, PLOT, CompressionReport
+from components.ingest import formats
 from pipeline import dag
 from pipeline.config import PipelineConfig
 
 BUNDLED_DATA_IN_IMAGE = "/pipeline/data/digits"  # where the Dockerfile writes the bundled digits
+# Local Beam: the DirectRunner's in-memory mode below this much input data, multi-processing above it.
+# Measured on 2 cores (benchmarks/scale_bench.py): starting the worker processes costs ~10 s per Beam
+# component, which only pays off once parsing the data takes longer than that.
+IN_MEMORY_MAX_BYTES = 64 << 20
+log = logging.getLogger(__name__)
 
 
-def prepare_data(config: PipelineConfig) -> str:
+def prepare_data(config: PipelineConfig) -> formats.DataFacts:
     """Resolves the data folder (writing the bundled digits when none is given) and probes it."""
-    from components.ingest import formats
+    spec = config.data
+    if spec.path is None:
+        path = formats.write_digits(os.path.abspath(os.path.join(config.output_dir, "data", "digits")))
+        spec = dataclasses.replace(spec, path=os.path.dirname(path), format="tfrecord",
+                                   image_shape=spec.image_shape or formats.DIGITS_SHAPE,
+                                   num_classes=spec.num_classes or formats.DIGITS_CLASSES)
+    elif "://" not in spec.path:
+        spec = dataclasses.replace(spec, path=os.path.abspath(spec.path))
+    return formats.probe(spec)
 
-    if config.data.path is None:
-        data_root = os.path.abspath(os.path.join(config.output_dir, "data", "digits"))
-        formats.write_digits(data_root)
-        config.data = dataclasses.replace(config.data, path=data_root, format="tfrecord",
-                                          image_shape=config.data.image_shape or formats.DIGITS_SHAPE,
-                                          num_classes=config.data.num_classes or formats.DIGITS_CLASSES)
-    config.data.path = config.data.path if "://" in config.data.path else os.path.abspath(config.data.path)
-    formats.probe(config.data)
-    return config.data.path
+
+def local_beam_args(config: PipelineConfig, data: formats.DataFacts) -> list:
+    """The user's --beam-arg values, else the DirectRunner in the mode that suits the data's size."""
+    if config.beam_args:
+        return list(config.beam_args)
+    if data.num_bytes <= IN_MEMORY_MAX_BYTES:
+        args, why = ["--direct_running_mode=in_memory"], "in-memory mode"
+    else:
+        args, why = ["--direct_running_mode=multi_processing", "--direct_num_workers=0"], "multi-processing mode"
+    log.info("Beam: DirectRunner in %s for %.1f MB of input (threshold %d MB; override with --beam-arg)",
+             why, data.num_bytes / 2**20, IN_MEMORY_MAX_BYTES >> 20)
+    return args
 
 
 @dataclasses.dataclass
@@ -42,20 +61,24 @@ class RunResult:
     pushed: bool
     pushed_dir: Optional[str]
     refusal: str
-    model_run_dir: Optional[str]
-    compression_report: Optional[dict]
+    compression_report: Optional[CompressionReport]
     artifacts: Dict[tuple, object] = dataclasses.field(default_factory=dict)  # (node, key) → MLMD artifact
+
+    def uri(self, node: str, key: str) -> Optional[str]:
+        """Where the latest run's output `key` of component `node` lives (None if it did not run)."""
+        artifact = self.artifacts.get((node, key))
+        return artifact.uri if artifact is not None else None
 
 
 def run_local(config: PipelineConfig) -> RunResult:
     """Runs the whole pipeline with TFX's LocalDagRunner; returns what each component did."""
     from tfx import v1 as tfx
 
-    data_root = prepare_data(config)
+    data = prepare_data(config)
     os.makedirs(config.output_dir, exist_ok=True)
     metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
-    pipeline = dag.create_pipeline(config, data_root=data_root, pipeline_root=config.pipeline_root,
-                                   metadata_connection_config=metadata, serving_dir=config.serving_dir)
+    pipeline = dag.create_pipeline(config, data, pipeline_root=config.pipeline_root, serving_dir=config.serving_dir,
+                                   beam_args=local_beam_args(config, data), metadata_connection_config=metadata)
     error, argv = None, sys.argv
     sys.argv = argv[:1]  # Beam executors parse sys.argv as absl flags; the caller's flags are not theirs
     try:
@@ -80,9 +103,9 @@ class PipelineFailed(RuntimeError):
 
 def _publish_report(result: RunResult, report_dir: str) -> None:
     """Copies the latest run's compression report to <output>/report/ (atomically, file by file)."""
-    source = os.path.join(result.model_run_dir, "compression")
+    source = result.uri(dag.COMPRESSOR, "report")
     os.makedirs(report_dir, exist_ok=True)
-    for name in ("compression.json", "compression.md", "compression.png"):
+    for name in (JSON, MARKDOWN, PLOT):
         if os.path.exists(os.path.join(source, name)):
             shutil.copyfile(os.path.join(source, name), os.path.join(report_dir, name + ".tmp"))
             os.replace(os.path.join(report_dir, name + ".tmp"), os.path.join(report_dir, name))
@@ -120,19 +143,14 @@ def latest_run(metadata_path: str, pipeline_name: str) -> RunResult:
         value = artifact.custom_properties[prop]
         return value.string_value or value.int_value
 
-    model_run = outputs.get((dag.TRAINER, "model_run"))
-    report = None
-    if model_run is not None:
-        path = os.path.join(model_run.uri, "compression", "compression.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                report = json.load(f)
+    report = outputs.get((dag.COMPRESSOR, "report"))
+    report = CompressionReport.load(report.uri) if report is not None and os.path.exists(
+        os.path.join(report.uri, JSON)) else None
     pushed = bool(custom(dag.PUSHER, "pushed_model", "pushed"))
     return RunResult(components=components, pushed=pushed,
                      pushed_dir=custom(dag.PUSHER, "pushed_model", "pushed_destination") if pushed else None,
                      refusal="; ".join(r for r in (custom(dag.GATE, "blessing", "reason"),
                                                    custom(dag.CANARY, "blessing", "reason")) if r),
-                     model_run_dir=model_run.uri if model_run is not None else None,
                      compression_report=report, artifacts=outputs)
 
 
@@ -140,20 +158,23 @@ def compile_kubeflow(config: PipelineConfig, pipeline_root: str, image: str, out
     """Writes a Kubeflow Pipelines v2 spec (JSON) offline; returns it parsed."""
     from tfx import v1 as tfx
 
-    from components.ingest import formats
-
-    if config.data.path is None:  # the bundled digits, baked into the image by the Dockerfile
-        config.data = dataclasses.replace(config.data, path=BUNDLED_DATA_IN_IMAGE, format="tfrecord",
-                                          image_shape=formats.DIGITS_SHAPE, num_classes=formats.DIGITS_CLASSES,
-                                          input_pattern="span-{SPAN}/*")
-    elif "://" not in config.data.path:  # local data can be probed; remote data must be described
-        prepare_data(config)
-    missing = [f for f, v in (("--image-shape", config.data.image_shape), ("--num-classes", config.data.num_classes),
-                              ("--input-pattern", config.data.input_pattern)) if not v]
-    if missing or config.data.format == "auto":
-        raise ValueError(f"data at {config.data.path} cannot be read while compiling; pass "
-                         f"{', '.join(missing + (['--format'] if config.data.format == 'auto' else []))}.")
-    pipeline = dag.create_pipeline(config, data_root=config.data.path, pipeline_root=pipeline_root,
+    spec = config.data
+    if spec.path is None:  # the bundled digits, baked into the image by the Dockerfile
+        data = formats.DataFacts(path=BUNDLED_DATA_IN_IMAGE, format="tfrecord", input_pattern="span-{SPAN}/*",
+                                 image_shape=formats.DIGITS_SHAPE, num_classes=formats.DIGITS_CLASSES)
+    elif "://" not in spec.path:  # local data can be probed; remote data must be described
+        data = prepare_data(config)
+    else:
+        missing = [f for f, v in (("--image-shape", spec.image_shape), ("--num-classes", spec.num_classes),
+                                  ("--input-pattern", spec.input_pattern), ("--format", spec.format != "auto"))
+                   if not v]
+        if missing:
+            raise ValueError(f"data at {spec.path} cannot be read while compiling; pass {', '.join(missing)}.")
+        data = formats.DataFacts(path=spec.path, format=spec.format, input_pattern=spec.input_pattern,
+                                 image_shape=tuple(spec.image_shape), num_classes=spec.num_classes,
+                                 class_names=tuple(spec.class_names) if spec.class_names else None,
+                                 image_feature=spec.image_feature, label_feature=spec.label_feature)
+    pipeline = dag.create_pipeline(config, data, pipeline_root=pipeline_root, beam_args=config.beam_args,
                                    serving_dir=os.path.join(pipeline_root, "serving", config.model_name))
     output_dir, filename = os.path.split(os.path.abspath(output_file))
     os.makedirs(output_dir, exist_ok=True)

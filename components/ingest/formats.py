@@ -6,6 +6,7 @@ Every example the pipeline sees downstream has the same two features, whatever c
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import os
@@ -186,44 +187,68 @@ def detect_format(folder: str) -> str:
                     "files of tf.Example (*.tfrecord).")
 
 
-def probe(spec) -> None:
-    """Fills `spec` (a pipeline.config.DataSpec) from its data: format, input pattern, shape, classes."""
+@dataclasses.dataclass(frozen=True)
+class DataFacts:
+    """What a data folder holds, as found by `probe` (or as stated, for data that cannot be read here)."""
+
+    path: str
+    format: str
+    input_pattern: str  # relative to `path`; `{SPAN}` when spans exist
+    image_shape: Shape
+    num_classes: int
+    class_names: Optional[Tuple[str, ...]] = None
+    image_feature: str = IMAGE_KEY  # TFRecords: the feature names in the user's records
+    label_feature: str = LABEL_KEY
+    num_files: int = 0  # in the latest span
+    num_bytes: int = 0  # in the latest span
+
+    def example_gen_config(self) -> dict:
+        """The ExampleGen executor's custom_config: how to read the files."""
+        return {"format": self.format, "image_shape": list(self.image_shape),
+                "class_names": list(self.class_names) if self.class_names else None,
+                "image_feature": self.image_feature, "label_feature": self.label_feature}
+
+
+def probe(spec) -> DataFacts:
+    """Finds out what `spec`'s data (a pipeline.config.DataSpec) holds; what the spec states wins."""
     if not tf.io.gfile.isdir(spec.path):
         raise DataError(f"--data {spec.path}: no such folder.")
     prefix, folder = _latest_span(spec.path)
     fmt = detect_format(folder) if spec.format == "auto" else spec.format
-    spec.format = fmt
+    shape, num_classes, class_names = spec.image_shape, spec.num_classes, spec.class_names
     if fmt == "images":
         classes = _class_dirs(folder)
         if not classes:
             raise DataError(f"{folder}: no images found. Expected one sub-folder per class holding "
                             "PNG/JPEG files.")
-        spec.class_names = spec.class_names or classes
-        spec.input_pattern = prefix + "*/*"
-        if spec.image_shape is None:
+        class_names = class_names or classes
+        pattern = prefix + "*/*"
+        files = [f for c in classes for f in _files(os.path.join(folder, c))]
+        if shape is None:
             first = next(f for f in _files(os.path.join(folder, classes[0]))
                          if f.lower().endswith(IMAGE_EXTENSIONS))
             with Image.open(io.BytesIO(_read(first))) as image:
                 channels = 1 if image.mode in ("1", "L", "LA", "I", "I;16", "P") else 3
-                spec.image_shape = (image.height, image.width, channels)
-        spec.num_classes = spec.num_classes or len(spec.class_names)
+                shape = (image.height, image.width, channels)
+        num_classes = num_classes or len(class_names)
     elif fmt == "idx":
         images = [f for f in _files(folder) if "idx3-ubyte" in f]
         if not images:
             raise DataError(f"{folder}: no IDX image files (*-images-idx3-ubyte[.gz]).")
-        spec.input_pattern = prefix + "*idx3-ubyte*"
-        if spec.image_shape is None:
-            spec.image_shape = (*_idx_array(images[0], 3).shape[1:], 1)
-        if spec.num_classes is None:
-            spec.num_classes = int(max(_idx_array(idx_labels_path(f), 1).max() for f in images)) + 1
+        pattern = prefix + "*idx3-ubyte*"
+        files = images
+        if shape is None:
+            shape = (*_idx_array(images[0], 3).shape[1:], 1)
+        if num_classes is None:
+            num_classes = int(max(_idx_array(idx_labels_path(f), 1).max() for f in images)) + 1
     elif fmt == "tfrecord":
         files = [f for f in _files(folder) if f.endswith(TFRECORD_EXTENSIONS)]
         if not files:
             raise DataError(f"{folder}: no TFRecord files (*.tfrecord, *.tfrecords, *.gz).")
-        spec.input_pattern = prefix + "*"
+        pattern = prefix + "*"
         compression = "GZIP" if files[0].endswith(".gz") else ""
         records = tf.data.TFRecordDataset(files, compression_type=compression)
-        if spec.image_shape is None:
+        if shape is None:
             first = tf.train.Example.FromString(next(iter(records)).numpy())
             feature = first.features.feature.get(spec.image_feature)
             data = feature.bytes_list.value[0] if feature is not None and feature.bytes_list.value else b""
@@ -231,18 +256,22 @@ def probe(spec) -> None:
                 raise DataError(f"{folder}: feature '{spec.image_feature}' is not an encoded PNG/JPEG, so the "
                                 "image shape cannot be read from it. Pass --image-shape H,W,C.")
             with Image.open(io.BytesIO(data)) as image:
-                spec.image_shape = (image.height, image.width, 1 if image.mode in ("1", "L", "LA") else 3)
-        if spec.num_classes is None:
+                shape = (image.height, image.width, 1 if image.mode in ("1", "L", "LA") else 3)
+        if num_classes is None:
             labels = [parse_record(r.numpy(), spec.image_feature, spec.label_feature,
-                                   tuple(spec.image_shape), spec.class_names)[1] for r in records]
+                                   tuple(shape), class_names)[1] for r in records]
             if not labels:
                 raise DataError(f"{folder}: the TFRecord files hold no examples.")
-            spec.num_classes = max(labels) + 1
+            num_classes = max(labels) + 1
     else:
         raise DataError(f"--format {fmt}: unknown; use auto, images, idx or tfrecord.")
-    spec.image_shape = tuple(int(d) for d in spec.image_shape)
-    if spec.num_classes < 2:
-        raise DataError(f"{spec.path}: found {spec.num_classes} class; a classifier needs at least 2.")
+    if num_classes < 2:
+        raise DataError(f"{spec.path}: found {num_classes} class; a classifier needs at least 2.")
+    return DataFacts(path=spec.path, format=fmt, input_pattern=spec.input_pattern or pattern,
+                     image_shape=tuple(int(d) for d in shape), num_classes=int(num_classes),
+                     class_names=tuple(class_names) if class_names else None,
+                     image_feature=spec.image_feature, label_feature=spec.label_feature, num_files=len(files),
+                     num_bytes=sum(tf.io.gfile.stat(f).length for f in files))
 
 
 DIGITS_SHAPE, DIGITS_CLASSES = (8, 8, 1), 10  # what write_digits writes

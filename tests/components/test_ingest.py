@@ -14,11 +14,9 @@ from components.ingest import executor, formats
 from pipeline.config import DataSpec
 
 
-def _examples(spec: DataSpec):
+def _examples(spec: formats.DataFacts):
     """Runs the ExampleGen input PTransform over the latest span; returns (pixels, label) pairs."""
-    props = {"input_base": spec.path, "custom_config": {
-        "format": spec.format, "image_shape": list(spec.image_shape), "class_names": spec.class_names,
-        "image_feature": spec.image_feature, "label_feature": spec.label_feature}}
+    props = {"input_base": spec.path, "custom_config": spec.example_gen_config()}
     pattern = spec.input_pattern.replace("{SPAN}", "*")
     out = os.path.join(spec.path + "_out", "examples")
     with beam.Pipeline() as p:
@@ -43,7 +41,7 @@ def test_bundled_digits_are_written_once_and_probed(tmp_path):
     formats.write_digits(str(tmp_path))
     assert os.path.getmtime(os.path.join(span, "digits.tfrecord")) == first
     spec = DataSpec(path=str(tmp_path), image_shape=(8, 8, 1))
-    formats.probe(spec)
+    spec = formats.probe(spec)
     assert (spec.format, spec.num_classes, spec.input_pattern) == ("tfrecord", 10, "span-{SPAN}/*")
     pairs = _examples(spec)
     assert len(pairs) == 1797
@@ -61,8 +59,8 @@ def test_image_folder_any_size_and_colour_is_resized(tmp_path):
                 _png(rgb, "PNG" if i % 2 else "JPEG"))
     (tmp_path / "cat" / "notes.txt").write_text("not an image")
     spec = DataSpec(path=str(tmp_path), image_shape=(16, 16, 1))
-    formats.probe(spec)
-    assert spec.format == "images" and spec.class_names == ["cat", "dog"] and spec.num_classes == 2
+    spec = formats.probe(spec)
+    assert spec.format == "images" and spec.class_names == ("cat", "dog") and spec.num_classes == 2
     pairs = _examples(spec)
     assert sorted(label for _, label in pairs) == [0, 0, 0, 1, 1]
     assert all(p.shape == (256,) for p, _ in pairs)
@@ -73,7 +71,7 @@ def test_image_folder_shape_follows_the_first_image(tmp_path):
         (tmp_path / cls).mkdir()
         (tmp_path / cls / "x.png").write_bytes(_png(np.zeros((12, 10, 3), np.uint8)))
     spec = DataSpec(path=str(tmp_path))
-    formats.probe(spec)
+    spec = formats.probe(spec)
     assert spec.image_shape == (12, 10, 3)
 
 
@@ -94,7 +92,7 @@ def test_idx_files(tmp_path):
     labels = np.array([0, 1, 2, 3, 4, 5, 6])
     _write_idx(str(tmp_path), images, labels)
     spec = DataSpec(path=str(tmp_path))
-    formats.probe(spec)
+    spec = formats.probe(spec)
     assert (spec.format, spec.image_shape, spec.num_classes) == ("idx", (28, 28, 1), 7)
     pairs = sorted(_examples(spec), key=lambda p: p[1])
     assert [label for _, label in pairs] == list(range(7))
@@ -115,7 +113,7 @@ def test_tfrecords_with_other_feature_names_and_encodings(tmp_path):
                 "img": image, "y": tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}))
                 .SerializeToString())
     spec = DataSpec(path=str(tmp_path), image_feature="img", label_feature="y", image_shape=(6, 6, 1))
-    formats.probe(spec)
+    spec = formats.probe(spec)
     assert spec.format == "tfrecord" and spec.num_classes == 3
     pairs = sorted(_examples(spec), key=lambda p: p[1])
     for (got, label), want in zip(pairs, pixels):
@@ -128,7 +126,7 @@ def test_corrupt_image_names_the_file(tmp_path):
         (tmp_path / cls / "ok.png").write_bytes(_png(np.zeros((8, 8), np.uint8)))
     (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     spec = DataSpec(path=str(tmp_path))
-    formats.probe(spec)
+    spec = formats.probe(spec)
     with pytest.raises(Exception, match=r"broken\.png: not a readable PNG/JPEG image"):
         _examples(spec)
 

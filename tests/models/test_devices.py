@@ -1,13 +1,13 @@
 """GPU code paths, exercised on the CPU: which strategy and precision each device set gets."""
 import tensorflow as tf
 
-from models.trainer import make_strategy, plan_devices, visible_gpus
+from models.devices import DevicePlan, make_strategy, plan_devices, visible_gpus
 
 
 def test_no_gpu_means_cpu_in_float32():
     plan = plan_devices([])
     assert (plan.kind, plan.mixed_precision) == ("cpu", False)
-    assert "CPU" in plan.describe()
+    assert "CPU" in plan.describe() and plan.single_device == "/cpu:0"
     assert isinstance(make_strategy(plan), tf.distribute.OneDeviceStrategy)
 
 
@@ -27,7 +27,6 @@ def test_mirrored_path_builds_and_trains_a_model_on_cpu():
     import tf_keras as keras
 
     from models import cnn
-    from models.trainer import DevicePlan
 
     strategy = make_strategy(DevicePlan("mirrored", ("/cpu:0",), False))
     assert isinstance(strategy, tf.distribute.MirroredStrategy)

@@ -1,0 +1,67 @@
+"""Compressor: a trained float Model → pruned, quantization-aware serving Model + int8 TFLite + report."""
+from tfx import types
+from tfx.dsl.components.base import base_component, executor_spec
+from tfx.types import standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+
+from components.compressor import executor
+from components.compressor.report import CompressionReportArtifact
+
+
+class CompressorSpec(types.ComponentSpec):
+    PARAMETERS = {
+        "prune": ExecutionParameter(type=int),
+        "target_sparsity": ExecutionParameter(type=float),
+        "prune_epochs": ExecutionParameter(type=int),
+        "qat": ExecutionParameter(type=int),
+        "qat_epochs": ExecutionParameter(type=int),
+        "batch_size": ExecutionParameter(type=int),
+        "learning_rate": ExecutionParameter(type=float),
+        "seed": ExecutionParameter(type=int),
+    }
+    INPUTS = {
+        "model": ChannelParameter(type=standard_artifacts.Model),
+        "examples": ChannelParameter(type=standard_artifacts.Examples),
+        "transform_graph": ChannelParameter(type=standard_artifacts.TransformGraph),
+    }
+    OUTPUTS = {
+        "compressed_model": ChannelParameter(type=standard_artifacts.Model),
+        "report": ChannelParameter(type=CompressionReportArtifact),
+        "model_run": ChannelParameter(type=standard_artifacts.ModelRun),
+    }
+
+
+class Compressor(base_component.BaseComponent):
+    """Prunes and quantizes the Trainer's float model; changing a setting here never retrains it.
+
+    Stages (each optional): magnitude pruning to `target_sparsity` on a schedule fitted to the data's
+    step count, fine-tuned for `prune_epochs`; prune-preserving quantization-aware training for
+    `qat_epochs`; then export with the same three serving signatures as the baseline and a full-integer
+    int8 TFLite model in `assets.extra/`. Every stage is measured into the `report` artifact;
+    TensorBoard logs per stage go to `model_run`.
+    """
+
+    SPEC_CLASS = CompressorSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
+
+    def __init__(self, model: types.BaseChannel, examples: types.BaseChannel, transform_graph: types.BaseChannel,
+                 *, prune: bool = True, target_sparsity: float = 0.8, prune_epochs: int = 4, qat: bool = True,
+                 qat_epochs: int = 2, batch_size: int = 32, learning_rate: float = 1e-3, seed: int = 0):
+        """
+        Args:
+          model: the Trainer's float Model (its Format-Keras/model.h5 is what gets compressed).
+          examples: transformed examples with `train` and `eval` splits.
+          transform_graph: Transform's output, exported into every serving signature.
+          prune, qat: which stages run; with both off the baseline is exported as is.
+          target_sparsity: fraction of zero weights every conv/dense kernel ends with.
+          prune_epochs, qat_epochs: fine-tuning epochs (passes over the train split) of each stage.
+          batch_size, learning_rate: of the fine-tuning.
+          seed: seeds shuffling and initialisation, so reruns on the CPU give identical models.
+        """
+        super().__init__(spec=CompressorSpec(
+            model=model, examples=examples, transform_graph=transform_graph,
+            compressed_model=types.Channel(type=standard_artifacts.Model),
+            report=types.Channel(type=CompressionReportArtifact),
+            model_run=types.Channel(type=standard_artifacts.ModelRun),
+            prune=int(prune), target_sparsity=target_sparsity, prune_epochs=prune_epochs, qat=int(qat),
+            qat_epochs=qat_epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed))

@@ -1,0 +1,124 @@
+"""Compressor executor: load the baseline Keras model, prune, PQAT, export, convert to int8 TFLite, measure."""
+import logging
+import os
+from typing import Any, Dict, List
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+from tfx import types
+from tfx.components.trainer import fn_args_utils
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+from tfx.utils import path_utils
+
+from components.compressor.report import CompressionReport, StageMetrics
+from models import cnn, compression, data, devices, signatures
+from models.trainer import VERBOSE
+
+log = logging.getLogger(__name__)
+REPRESENTATIVE_EXAMPLES = 200  # calibration images for full-integer quantization
+
+
+def keras_accuracy(model, batches) -> float:
+    """Accuracy of a Keras model over (features, labels) batches, streamed."""
+    correct = total = 0
+    for features, labels in batches:
+        predictions = np.argmax(model.predict_on_batch(features["image"]), axis=-1)
+        correct += int(np.sum(predictions == np.asarray(labels).reshape(-1)))
+        total += len(predictions)
+    return correct / max(total, 1)
+
+
+class Executor(base_executor.BaseExecutor):
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        p = exec_properties
+        prune, qat, seed, batch_size = bool(p["prune"]), bool(p["qat"]), int(p["seed"]), int(p["batch_size"])
+        # The Trainer's own input plumbing: train/eval file patterns and the data accessor.
+        fn_args = fn_args_utils.get_common_fn_args(
+            {k: input_dict[k] for k in ("examples", "transform_graph")}, {"train_args": "{}", "eval_args": "{}"})
+        tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
+        baseline_uri = artifact_utils.get_single_uri(input_dict["model"])
+        serving_dir = path_utils.serving_model_dir(artifact_utils.get_single_uri(output_dict["compressed_model"]))
+        run_dir = artifact_utils.get_single_uri(output_dict["model_run"])
+        report_uri = artifact_utils.get_single_uri(output_dict["report"])
+
+        plan = devices.plan_devices(devices.visible_gpus())
+        devices.seed_everything(seed, plan)
+        strategy = devices.make_strategy(plan)
+        train_examples = data.count_examples(fn_args.train_files)
+        steps_per_epoch = data.steps(train_examples, batch_size)
+        train = data.dataset(fn_args, fn_args.train_files, tft_output, batch_size, seed, train=True)
+        evaluation = data.dataset(fn_args, fn_args.eval_files, tft_output, batch_size, seed, train=False)
+
+        def compile_fn(model):
+            return cnn.compile_model(model, p["learning_rate"])
+
+        def tensorboard(stage):
+            return [keras.callbacks.TensorBoard(os.path.join(run_dir, stage), histogram_freq=1)]
+
+        with strategy.scope():
+            baseline = compile_fn(keras.models.load_model(data.keras_model_path(baseline_uri), compile=False))
+        image_shape = cnn.image_shape_of(baseline)
+        stages = {"baseline": baseline}  # stage → Keras model, in order
+        if prune:
+            with strategy.scope():
+                model = keras.models.clone_model(baseline)
+                model.set_weights(baseline.get_weights())
+                schedule = compression.pruning_schedule(p["prune_epochs"] * steps_per_epoch, p["target_sparsity"])
+                stages["pruned"] = compression.prune(model, schedule, p["prune_epochs"], steps_per_epoch, train,
+                                                     tensorboard("pruned"), compile_fn, VERBOSE)
+        if qat:  # TFMOT's QAT does not support tf.distribute: one device
+            if plan.kind == "mirrored":
+                log.warning("QAT cannot run under MirroredStrategy (TFMOT); running it on %s", plan.single_device)
+            with tf.device(plan.single_device):
+                source = stages.get("pruned", baseline)
+                model = keras.models.clone_model(source)
+                model.set_weights(source.get_weights())
+                model = compression.quantize_aware(model, prune, p["qat_epochs"], steps_per_epoch, train,
+                                                   tensorboard("pqat"), compile_fn, VERBOSE)
+                stages["pqat"] = compression.for_serving(model, keras.models.clone_model(baseline))
+
+        # Export: the final stage for serving, the others (baseline aside: the Trainer did) for measurement.
+        final = list(stages)[-1]
+        export_dirs = {"baseline": path_utils.serving_model_dir(baseline_uri)}
+        for stage, model in stages.items():
+            if stage == final or stage != "baseline":
+                export_dirs[stage] = serving_dir if stage == final else os.path.join(run_dir, "savedmodel_" + stage)
+                signatures.export(model, tft_output, image_shape, export_dirs[stage])
+        representative = np.concatenate([np.asarray(features["image"]) for features, _ in
+                                         train.take(-(-REPRESENTATIVE_EXAMPLES // batch_size))])
+        tflite_int8 = compression.to_tflite(stages[final], representative[:REPRESENTATIVE_EXAMPLES], sparse=prune)
+        tflite_float = compression.to_tflite(baseline)
+        extra = os.path.join(serving_dir, "assets.extra")
+        tf.io.gfile.makedirs(extra)
+        with tf.io.gfile.GFile(os.path.join(extra, "model_int8.tflite"), "wb") as f:
+            f.write(tflite_int8)
+
+        # Measure every stage from what was exported.
+        metrics = {}
+        for stage, model in stages.items():
+            sparsity, per_layer = compression.weight_sparsity(compression.savedmodel_kernels(export_dirs[stage]))
+            size, gz = compression.sizes(export_dirs[stage], exclude="assets.extra")
+            metrics[stage] = StageMetrics(
+                accuracy=keras_accuracy(model, evaluation),
+                sparsity=sparsity, layer_sparsity=per_layer, size_bytes=size, gzip_bytes=gz,
+                latency_ms=compression.savedmodel_latency_ms(export_dirs[stage], image_shape))
+        sparsity, per_layer = compression.weight_sparsity(compression.tflite_kernels(tflite_int8))
+        size, gz = compression.sizes_of_bytes(tflite_int8)
+        metrics["tflite_int8"] = StageMetrics(
+            accuracy=compression.tflite_accuracy(tflite_int8, evaluation), sparsity=sparsity, layer_sparsity=per_layer,
+            size_bytes=size, gzip_bytes=gz, latency_ms=compression.tflite_latency_ms(tflite_int8))
+        float_size, float_gz = compression.sizes_of_bytes(tflite_float)
+        report = CompressionReport(
+            stages=metrics, target_sparsity=float(p["target_sparsity"]) if prune else None,
+            baseline_float_tflite_bytes=float_size, baseline_float_tflite_gzip_bytes=float_gz,
+            settings={"device": plan.describe(), "seed": seed, "train_examples": train_examples,
+                      "steps_per_epoch": steps_per_epoch,
+                      "prune": prune, "prune_epochs": p["prune_epochs"], "qat": qat, "qat_epochs": p["qat_epochs"],
+                      "pruning_schedule": schedule.get_config() if prune else None})
+        report.save(report_uri)
+        log.info("Compression:\n%s", "\n".join("  " + "  ".join(row) for row in report.rows()))
