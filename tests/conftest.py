@@ -1,6 +1,44 @@
 import os
 import sys
 
+import pytest
+
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+TARGET_SPARSITY = 0.8
+
+
+def e2e_config(output_dir, **compression_overrides):
+    """The pipeline's settings on the bundled digits, with epochs trimmed to keep `make test` short."""
+    from pipeline.config import PipelineConfig
+
+    config = PipelineConfig(output_dir=str(output_dir))
+    config.hparams.epochs = 6
+    config.compression.prune_epochs = 3
+    config.compression.qat_epochs = 1
+    config.compression.target_sparsity = TARGET_SPARSITY
+    for key, value in compression_overrides.items():
+        setattr(config.compression, key, value)
+    return config
+
+
+@pytest.fixture(scope="session")
+def first_run(tmp_path_factory):
+    """One real pipeline run on the bundled digits, shared by every test that needs its artifacts."""
+    from pipeline import runners
+
+    output = tmp_path_factory.mktemp("e2e")
+    return output, runners.run_local(e2e_config(output))
+
+
+def tfx_artifact(artifact_type, uri: str, splits=None):
+    """A TFX artifact object at `uri` (as an executor receives it)."""
+    from tfx.types import artifact_utils
+
+    artifact = artifact_type()
+    artifact.uri = uri
+    if splits:
+        artifact.split_names = artifact_utils.encode_split_names(list(splits))
+    return artifact

@@ -24,7 +24,7 @@ JSON, MARKDOWN, PLOT = "compression.json", "compression.md", "compression.png"
 class CompressionReportArtifact(artifact.Artifact):
     """TFX artifact type of a compression report (a folder holding the three files above)."""
 
-    TYPE_NAME = "CompressionReport"
+    TYPE_NAME = "compressor.CompressionReport"  # namespace.Name: what KFP v2 schema titles require
 
 
 @dataclasses.dataclass

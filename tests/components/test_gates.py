@@ -1,10 +1,14 @@
 import pytest
 
+from components.compressor.report import CompressionReport, StageMetrics
 from components.gates import compression_verdict
 
 
-def _report(*accuracies):
-    return {stage: {"accuracy": a} for stage, a in zip(("baseline", "pruned", "pqat"), accuracies)}
+def _report(*accuracies, sparsity=0.8, target=0.8):
+    stages = {stage: StageMetrics(accuracy=a, sparsity=0.0 if stage == "baseline" else sparsity, layer_sparsity={},
+                                  size_bytes=1, gzip_bytes=1, latency_ms=1.0)
+              for stage, a in zip(("baseline", "pruned", "pqat"), accuracies)}
+    return CompressionReport(stages=stages, target_sparsity=target)
 
 
 def test_within_budget_passes():
@@ -23,4 +27,22 @@ def test_impossible_budget_always_refuses(budget):
 
 
 def test_final_stage_is_the_last_that_ran():
-    assert compression_verdict({"baseline": {"accuracy": 0.9}, "pruned": {"accuracy": 0.7}}, 0.05)
+    assert compression_verdict(_report(0.9, 0.7), 0.05)
+
+
+def test_sparsity_under_the_target_is_refused_with_both_figures():
+    verdict = compression_verdict(_report(0.95, 0.95, 0.95, sparsity=0.31, target=0.8), 0.01)
+    assert "measured weight sparsity is 0.310, under the target sparsity 0.800" in verdict
+
+
+def test_no_sparsity_check_without_pruning():
+    assert compression_verdict(_report(0.95, sparsity=0.0, target=None), 0.01) == ""
+
+
+def test_report_round_trips_through_its_files(tmp_path):
+    report = _report(0.95, 0.94, 0.945)
+    report.settings["seed"] = 3
+    report.save(str(tmp_path))
+    assert CompressionReport.load(str(tmp_path)) == report
+    assert (tmp_path / "compression.md").read_text().count("\n") == 2 + 3
+    assert (tmp_path / "compression.png").stat().st_size > 1000 and not list(tmp_path.glob("*.tmp"))

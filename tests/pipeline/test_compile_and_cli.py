@@ -9,7 +9,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-COMPONENTS = {"FileBasedExampleGen", "StatisticsGen", "ConfigSchemaGen", "ExampleValidator", "DataGate",
+COMPONENTS = {"FileBasedExampleGen", "StatisticsGen", "ConfigSchemaGen", "ExampleValidator", "DataGate", "Compressor",
               "Transform", "Trainer", "Evaluator", "CompressionGate", "Pusher"}
 
 

@@ -1,7 +1,8 @@
 """The real pipeline on the bundled digits, end to end (LocalDagRunner, SQLite MLMD, real components).
 
-One module-scoped run is shared; later tests rerun it (cache), refuse a push (compression budget)
-and add a second span. Epochs are trimmed to keep `make test` short.
+One session-wide run (tests/conftest.py) is shared; later tests rerun it (cache), refuse a push
+(compression budget), change a compression setting, rerun with the same seed and add a second span.
+Epochs are trimmed to keep `make test` short.
 """
 import glob
 import json
@@ -14,28 +15,10 @@ import tensorflow as tf
 from components.ingest import formats
 from models import compression
 from pipeline import runners
-from pipeline.config import PipelineConfig
+from tests.conftest import TARGET_SPARSITY, e2e_config
 
 pytestmark = pytest.mark.e2e
-TARGET_SPARSITY = 0.8
-
-
-def make_config(output_dir, **compression_overrides) -> PipelineConfig:
-    config = PipelineConfig(output_dir=str(output_dir))
-    config.hparams.epochs = 5
-    config.compression.prune_epochs = 3
-    config.compression.qat_epochs = 1
-    config.compression.target_sparsity = TARGET_SPARSITY
-    config.beam_args = ["--direct_running_mode=in_memory"]
-    for key, value in compression_overrides.items():
-        setattr(config.compression, key, value)
-    return config
-
-
-@pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
-    output = tmp_path_factory.mktemp("e2e")
-    return output, runners.run_local(make_config(output))
+make_config = e2e_config
 
 
 def eval_examples(output):
@@ -82,12 +65,11 @@ def test_serving_model_is_pruned_and_quantization_aware(first_run):
     for name, value in kernels:
         assert np.mean(value == 0) >= TARGET_SPARSITY - 0.01, name
     report = result.compression_report
-    assert set(report) >= {"baseline", "pruned", "pqat", "tflite_int8"}
-    for stage in ("baseline", "pruned", "pqat", "tflite_int8"):
-        assert set(report[stage]) >= {"accuracy", "sparsity", "size_bytes", "gzip_bytes", "latency_ms"}
-    assert report["pqat"]["gzip_bytes"] < report["baseline"]["gzip_bytes"]
+    assert list(report.stages) == ["baseline", "pruned", "pqat", "tflite_int8"]
+    assert report.stages["pqat"].sparsity >= TARGET_SPARSITY - 0.005
+    assert report.stages["pqat"].gzip_bytes < report.stages["baseline"].gzip_bytes / 4
     with open(os.path.join(output, "report", "compression.json")) as f:
-        assert json.load(f)["pqat"] == report["pqat"]
+        assert json.load(f)["stages"]["pqat"]["gzip_bytes"] == report.stages["pqat"].gzip_bytes
     assert os.path.getsize(os.path.join(output, "report", "compression.png")) > 1000
 
 
@@ -101,10 +83,11 @@ def test_int8_tflite_runs_with_int8_weights_within_budget(first_run):
     kernels = compression.tflite_kernels(tflite)
     assert len(kernels) == 4 and all(v.dtype == np.int8 for _, v in kernels)
     assert all(np.mean(v == 0) >= TARGET_SPARSITY - 0.01 for _, v in kernels)  # sparse storage keeps the zeros
-    assert len(tflite) < result.compression_report["tflite_int8"]["baseline_float_tflite_bytes"] / 4
+    assert len(tflite) < result.compression_report.baseline_float_tflite_bytes / 4
     _, pixels, labels = eval_examples(output)
     accuracy = np.mean(compression.tflite_run(tflite, pixels.reshape(len(labels), -1) / 255.0) == labels)
-    baseline = result.compression_report["baseline"]["accuracy"]
+    assert accuracy == pytest.approx(result.compression_report.stages["tflite_int8"].accuracy)
+    baseline = result.compression_report.stages["baseline"].accuracy
     assert accuracy >= baseline - 0.01 - 1e-9, (accuracy, baseline)
 
 
@@ -112,7 +95,7 @@ def test_unchanged_rerun_hits_the_cache(first_run):
     output, _ = first_run
     result = runners.run_local(make_config(output))
     states = {c.name: c.state for c in result.components}
-    for name in ("FileBasedExampleGen", "StatisticsGen", "Transform", "Trainer"):
+    for name in ("FileBasedExampleGen", "StatisticsGen", "Transform", "Trainer", "Compressor"):
         assert states[name] == "CACHED", states
     # The first rerun's Evaluator has a new input (the model just blessed is now the baseline);
     # a second unchanged rerun reuses everything.
@@ -127,8 +110,30 @@ def test_impossible_budget_refuses_the_push_and_says_why(first_run):
     result = runners.run_local(make_config(output, max_accuracy_drop=-1.0))
     assert not result.pushed
     assert "more than the budget of -100.00 points" in result.refusal
-    assert {c.name: c.state for c in result.components}["Trainer"] == "CACHED"
+    states = {c.name: c.state for c in result.components}
+    assert states["Trainer"] == states["Compressor"] == "CACHED", states
     assert sorted(os.listdir(os.path.join(output, "serving", "digits"))) == before
+
+
+def test_changing_target_sparsity_reruns_the_compressor_not_the_trainer(first_run):
+    output, first = first_run
+    result = runners.run_local(make_config(output, target_sparsity=0.5))
+    states = {c.name: c.state for c in result.components}
+    assert states["Trainer"] == states["Transform"] == "CACHED", states
+    for name in ("Compressor", "Evaluator", "CompressionGate", "Canary", "Pusher"):
+        assert states[name] == "COMPLETE", states
+    assert result.compression_report.target_sparsity == 0.5
+    assert abs(result.compression_report.stages["pqat"].sparsity - 0.5) < 0.01
+    assert result.compression_report.stages["baseline"] == first.compression_report.stages["baseline"]
+
+
+def test_same_seed_gives_the_same_metrics_for_every_stage(first_run, tmp_path):
+    _, first = first_run
+    again = runners.run_local(make_config(tmp_path))
+    assert {c.state for c in again.components if c.name != "latest_blessed_model_resolver"} == {"COMPLETE"}
+    for stage, metrics in first.compression_report.stages.items():
+        assert again.compression_report.stages[stage].accuracy == metrics.accuracy, stage
+        assert again.compression_report.stages[stage].sparsity == metrics.sparsity, stage
 
 
 def test_second_span_trains_and_is_compared_with_the_first_blessed_model(first_run):
@@ -145,45 +150,18 @@ def test_second_span_trains_and_is_compared_with_the_first_blessed_model(first_r
     connection = metadata_store_pb2.ConnectionConfig()
     connection.sqlite.filename_uri = os.path.join(output, "metadata.sqlite")
     store = metadata_store.MetadataStore(connection)
-    blessings = sorted(store.get_artifacts_by_type("ModelBlessing"), key=lambda a: a.id)
-    latest = blessings[-1]
-    models = sorted(store.get_artifacts_by_type("Model"), key=lambda a: a.id)
-    assert len(models) == 2
-    assert latest.custom_properties["baseline_model_id"].int_value == models[0].id
+    gate_blessings = sorted((a for a in store.get_artifacts_by_type("ModelBlessing")
+                             if "/CompressionGate/" in a.uri), key=lambda a: a.id)
+    latest, earlier = gate_blessings[-1], gate_blessings[:-1]
+    last_blessed = [a for a in earlier if a.custom_properties["blessed"].int_value == 1][-1]
+    # The Evaluator compared the new compressed model with the latest blessed (compressed) model.
+    assert latest.custom_properties["baseline_model_id"].int_value == \
+        last_blessed.custom_properties["current_model_id"].int_value
+    compared = store.get_artifacts_by_id([latest.custom_properties["baseline_model_id"].int_value])[0]
+    assert "/Compressor/compressed_model/" in compared.uri
     spans = [m.custom_properties["span"].int_value for m in
              store.get_artifacts_by_type("Examples") if "span" in m.custom_properties]
     assert max(spans) == 2
-
-
-@pytest.mark.parametrize("prune, qat", [(True, False), (False, True)])
-def test_switching_stages_off_changes_the_artifacts(first_run, tmp_path, prune, qat):
-    """run_fn on the first run's Transform output, with one stage off."""
-    from tfx.components.trainer.fn_args_utils import FnArgs
-
-    from models import trainer
-
-    output, _ = first_run
-    transform = sorted(glob.glob(os.path.join(output, "pipeline_root", "Transform", "*", "*")))
-    graph = next(p for p in transform if "/transform_graph/" in p)
-    examples = next(p for p in transform if "/transformed_examples/" in p)
-    config = make_config(output, prune=prune, qat=qat, prune_epochs=1)
-    config.hparams.epochs = 2
-    config.data.image_shape, config.data.num_classes = (8, 8, 1), 10
-    serving_dir, run_dir = str(tmp_path / "serving"), str(tmp_path / "run")
-    trainer.run_fn(FnArgs(train_files=[os.path.join(examples, "Split-train", "*")],
-                          eval_files=[os.path.join(examples, "Split-eval", "*")],
-                          transform_graph_path=graph, serving_model_dir=serving_dir, model_run_dir=run_dir,
-                          custom_config=config.trainer_config()))
-    with open(os.path.join(serving_dir, "saved_model.pb"), "rb") as f:
-        assert (b"FakeQuantWithMinMaxVars" in f.read()) == qat
-    sparsities = [np.mean(v == 0) for _, v in compression.savedmodel_kernels(serving_dir)]
-    if prune:
-        assert min(sparsities) >= TARGET_SPARSITY - 0.01
-    else:
-        assert max(sparsities) < 0.05  # dense
-    with open(os.path.join(run_dir, "compression", "compression.json")) as f:
-        report = json.load(f)
-    assert ("pruned" in report) == prune and ("pqat" in report) == qat
 
 
 def test_pushed_model_is_served_over_rest_and_grpc(first_run, tmp_path):
@@ -264,14 +242,14 @@ def test_tensorboard_lists_every_trainer_run_and_stops(first_run):
                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     try:
         runs, deadline = [], time.time() + 90
-        while time.time() < deadline and not any("pqat" in r for r in runs):
+        while time.time() < deadline and not any("pqat" in r for r in runs):  # the Compressor's logs
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=5) as r:
                     runs = json.loads(r.read())
             except OSError:
                 pass
             time.sleep(1)
-        assert any(r.endswith("baseline/train") for r in runs), runs
+        assert any(r.startswith("trainer") and r.endswith("baseline/train") for r in runs), runs
         assert any("pqat" in r for r in runs), runs
     finally:
         proc.send_signal(signal.SIGTERM)

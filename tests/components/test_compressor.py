@@ -1,0 +1,74 @@
+"""The Compressor's executor on the real artifacts of a pipeline run: stages on and off, sparsity, report."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tfx.types import standard_artifacts
+
+from components.compressor.executor import Executor
+from components.compressor.report import CompressionReport, CompressionReportArtifact
+from components.gates import compression_verdict
+from models import compression
+from tests.conftest import TARGET_SPARSITY, tfx_artifact
+
+pytestmark = pytest.mark.e2e
+
+
+def run_compressor(result, out, **params):
+    """Runs the Compressor executor on `result`'s Trainer model and Transform outputs; returns its report."""
+    inputs = {
+        "model": [tfx_artifact(standard_artifacts.Model, result.uri("Trainer", "model"))],
+        "examples": [tfx_artifact(standard_artifacts.Examples, result.uri("Transform", "transformed_examples"),
+                                  splits=("train", "eval"))],
+        "transform_graph": [tfx_artifact(standard_artifacts.TransformGraph,
+                                         result.uri("Transform", "transform_graph"))],
+    }
+    outputs = {"compressed_model": [tfx_artifact(standard_artifacts.Model, str(out / "model"))],
+               "report": [tfx_artifact(CompressionReportArtifact, str(out / "report"))],
+               "model_run": [tfx_artifact(standard_artifacts.ModelRun, str(out / "run"))]}
+    props = dict(prune=1, target_sparsity=TARGET_SPARSITY, prune_epochs=1, qat=1, qat_epochs=1, batch_size=32,
+                 learning_rate=1e-3, seed=0)
+    props.update(params)
+    Executor().Do(inputs, outputs, props)
+    return CompressionReport.load(str(out / "report"))
+
+
+@pytest.mark.parametrize("prune, qat", [(True, False), (False, True)])
+def test_switching_stages_off_changes_the_artifacts(first_run, tmp_path, prune, qat):
+    _, result = first_run
+    report = run_compressor(result, tmp_path, prune=int(prune), qat=int(qat))
+    serving_dir = str(tmp_path / "model" / "Format-Serving")
+    with open(os.path.join(serving_dir, "saved_model.pb"), "rb") as f:
+        assert (b"FakeQuantWithMinMaxVars" in f.read()) == qat
+    sparsities = [np.mean(v == 0) for _, v in compression.savedmodel_kernels(serving_dir)]
+    if prune:
+        assert min(sparsities) >= TARGET_SPARSITY - 0.01
+    else:
+        assert max(sparsities) < 0.05  # dense
+    assert ("pruned" in report.stages) == prune and ("pqat" in report.stages) == qat
+    assert os.path.isfile(os.path.join(serving_dir, "assets.extra", "model_int8.tflite"))
+    assert os.path.isdir(tmp_path / "run" / ("pruned" if prune else "pqat") / "train")  # TensorBoard logs
+
+
+def test_pruning_that_stops_short_of_the_target_is_refused(first_run, tmp_path, monkeypatch):
+    """A schedule that ends after the run does (the old fixed 0.7-of-steps, every-10-steps schedule on a
+    short run) leaves the model under its target; the gate names both sparsities."""
+    import tensorflow_model_optimization as tfmot
+
+    _, result = first_run
+    monkeypatch.setattr(compression, "pruning_schedule", lambda steps, target: tfmot.sparsity.keras.PolynomialDecay(
+        initial_sparsity=0.0, final_sparsity=target, begin_step=0, end_step=10 * steps, frequency=10))
+    report = run_compressor(result, tmp_path, qat=0)
+    measured = report.stages["pruned"].sparsity
+    assert measured < TARGET_SPARSITY - 0.1
+    verdict = compression_verdict(report, max_accuracy_drop=1.0)
+    assert f"measured weight sparsity is {measured:.3f}, under the target sparsity {TARGET_SPARSITY:.3f}" in verdict
+
+
+def test_fitted_schedule_reaches_the_target_on_any_step_count():
+    for steps in (1, 2, 3, 7, 46, 101, 999, 12345):
+        schedule = compression.pruning_schedule(steps, 0.8)
+        final = [schedule(tf.constant(step, tf.int64)) for step in range(steps)]
+        reached = [float(sparsity) for should_prune, sparsity in final if bool(should_prune)]
+        assert reached and abs(reached[-1] - 0.8) < 1e-6, (steps, reached[-3:])
