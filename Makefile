@@ -44,7 +44,7 @@ report: $(STAMP)
 	$(PY) -m pipeline report $(ARGS)
 
 bench: $(STAMP)
-	$(PY) benchmarks/pipeline_bench.py
+	$(PY) benchmarks/scale_bench.py
 	$(PY) benchmarks/compression_bench.py
 	$(PY) benchmarks/serving_bench.py
 

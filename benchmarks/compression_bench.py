@@ -29,19 +29,18 @@ def main() -> None:
     else:
         result = runners.run_local(config)
     r = result.compression_report
-    stages = {s: {k: r[s][k] for k in ("accuracy", "sparsity", "size_bytes", "gzip_bytes", "latency_ms")}
-              for s in ("baseline", "pruned", "pqat", "tflite_int8") if s in r}
+    stages = {s: {k: v for k, v in vars(m).items() if k != "layer_sparsity"} for s, m in r.stages.items()}
     print(json.dumps({
         "stages": stages,
-        "layer_sparsity_pqat": r.get("pqat", {}).get("layer_sparsity"),
-        "pqat_accuracy_drop_points": round(100 * (r["baseline"]["accuracy"] - r["pqat"]["accuracy"]), 3),
-        "gzip_ratio_baseline_over_pqat_savedmodel": round(r["baseline"]["gzip_bytes"] / r["pqat"]["gzip_bytes"], 2),
+        "layer_sparsity_pqat": r.stages["pqat"].layer_sparsity,
+        "pqat_accuracy_drop_points": round(100 * (r.stages["baseline"].accuracy - r.stages["pqat"].accuracy), 3),
+        "gzip_ratio_baseline_over_pqat_savedmodel": round(r.stages["baseline"].gzip_bytes / r.stages["pqat"].gzip_bytes, 2),
         "size_ratio_float_tflite_over_int8_tflite": round(
-            r["tflite_int8"]["baseline_float_tflite_bytes"] / r["tflite_int8"]["size_bytes"], 2),
+            r.baseline_float_tflite_bytes / r.stages["tflite_int8"].size_bytes, 2),
         "gzip_ratio_float_tflite_over_int8_tflite": round(
-            r["tflite_int8"]["baseline_float_tflite_gzip_bytes"] / r["tflite_int8"]["gzip_bytes"], 2),
-        "latency_ratio_pqat_over_baseline": round(r["pqat"]["latency_ms"] / r["baseline"]["latency_ms"], 2),
-        "pushed": result.pushed, "settings": r["settings"],
+            r.baseline_float_tflite_gzip_bytes / r.stages["tflite_int8"].gzip_bytes, 2),
+        "latency_ratio_pqat_over_baseline": round(r.stages["pqat"].latency_ms / r.stages["baseline"].latency_ms, 2),
+        "pushed": result.pushed, "target_sparsity": r.target_sparsity, "settings": r.settings,
     }, indent=2, default=str))
 
 

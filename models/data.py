@@ -40,4 +40,4 @@ def steps(num_examples: int, batch_size: int) -> int:
 
 def keras_model_path(model_uri: str) -> str:
     """The float Keras model beside the serving SavedModel in a Model artifact (uri/Format-Serving)."""
-    return os.path.join(model_uri, "Format-Keras", "model.h5")
+    return os.path.join(model_uri, "Format-Keras", "model.keras")

@@ -49,7 +49,7 @@ class Compressor(base_component.BaseComponent):
                  qat_epochs: int = 2, batch_size: int = 32, learning_rate: float = 1e-3, seed: int = 0):
         """
         Args:
-          model: the Trainer's float Model (its Format-Keras/model.h5 is what gets compressed).
+          model: the Trainer's float Model (its Format-Keras/model.keras is what gets compressed).
           examples: transformed examples with `train` and `eval` splits.
           transform_graph: Transform's output, exported into every serving signature.
           prune, qat: which stages run; with both off the baseline is exported as is.

@@ -124,7 +124,8 @@ def test_changing_target_sparsity_reruns_the_compressor_not_the_trainer(first_ru
         assert states[name] == "COMPLETE", states
     assert result.compression_report.target_sparsity == 0.5
     assert abs(result.compression_report.stages["pqat"].sparsity - 0.5) < 0.01
-    assert result.compression_report.stages["baseline"] == first.compression_report.stages["baseline"]
+    before, after = first.compression_report.stages["baseline"], result.compression_report.stages["baseline"]
+    assert (after.accuracy, after.gzip_bytes) == (before.accuracy, before.gzip_bytes)  # the same baseline
 
 
 def test_same_seed_gives_the_same_metrics_for_every_stage(first_run, tmp_path):
