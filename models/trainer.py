@@ -74,7 +74,7 @@ def run_fn(fn_args) -> None:
     baseline.set_weights(model.get_weights())
     keras_path = data.keras_model_path(os.path.dirname(fn_args.serving_model_dir))
     tf.io.gfile.makedirs(os.path.dirname(keras_path))
-    baseline.save(keras_path, include_optimizer=False)
+    baseline.save(keras_path)  # uncompiled: no optimizer state
     signatures.export(baseline, tft_output, image_shape, fn_args.serving_model_dir)
 
     losses = history.history["val_loss"]
