@@ -94,10 +94,12 @@ if any("idx3" in f for f in files):
     x = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, int(np.prod(shape)))
     y = np.frombuffer(open(os.path.join(folder, "train-labels-idx1-ubyte"), "rb").read(), np.uint8, offset=8)
 else:
-    spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
-    parsed = tf.data.TFRecordDataset([os.path.join(folder, f) for f in files]).map(
-        lambda r: tf.io.parse_single_example(r, spec))
-    x = np.stack([np.frombuffer(p["image"], np.uint8) for p in parsed.as_numpy_iterator()])
+    records = tf.data.TFRecordDataset([os.path.join(folder, f) for f in files])
+    raw = tf.train.Example.FromString(next(iter(records)).numpy()).features.feature["image"].bytes_list.value
+    image = tf.io.FixedLenFeature([], tf.string) if raw else tf.io.FixedLenFeature([int(np.prod(shape))], tf.int64)
+    spec = {"image": image, "label": tf.io.FixedLenFeature([], tf.int64)}
+    parsed = records.map(lambda r: tf.io.parse_single_example(r, spec))
+    x = np.stack([np.frombuffer(p["image"], np.uint8) if raw else p["image"] for p in parsed.as_numpy_iterator()])
     y = np.array([p["label"] for p in parsed.as_numpy_iterator()])
 x = x.astype("float32") / 255.0
 n = int(len(y) * 0.8)
