@@ -10,10 +10,8 @@ children included), Trainer examples/s, eval accuracy, pushed size, and the plai
 (the same CNN and epoch count, reading the same files with tf.data) with the ratios the targets are stated in.
 """
 import argparse
-import gzip
 import json
 import os
-import resource
 import struct
 import subprocess
 import sys

@@ -13,7 +13,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from models import cnn, data, devices, signatures
+from models import cnn, data, devices, signatures, transfer
 
 log = logging.getLogger(__name__)
 VERBOSE = 1 if sys.stdout.isatty() else 2  # a progress bar on a terminal, one line per epoch in logs
@@ -40,13 +40,17 @@ class TrainTime(keras.callbacks.Callback):
 
 def run_fn(fn_args) -> None:
     config = fn_args.custom_config
-    hp, seed = config["hparams"], int(config["seed"])
+    hp, seed = dict(config["hparams"]), int(config["seed"])
+    if fn_args.hyperparameters:  # the Tuner's best values
+        from models import tuning  # imports KerasTuner (and Keras 3) only when tuning
+
+        hp = tuning.tuned_hparams(hp, fn_args.hyperparameters)
     image_shape, num_classes = tuple(config["image_shape"]), int(config["num_classes"])
     tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
 
     plan = devices.plan_devices(devices.visible_gpus())
     devices.seed_everything(seed, plan)
-    log.info("Training on %s, seed %d", plan.describe(), seed)
+    log.info("Training on %s, seed %d; %s", plan.describe(), seed, config.get("start", "from scratch"))
 
     # Step counts: TrainArgs/EvalArgs when given, else one pass over each split per epoch.
     train_examples = data.count_examples(fn_args.train_files)
@@ -59,30 +63,59 @@ def run_fn(fn_args) -> None:
 
     keras.mixed_precision.set_global_policy("mixed_float16" if plan.mixed_precision else "float32")
     with devices.make_strategy(plan).scope():
-        model = cnn.compile_model(cnn.build_model(image_shape, num_classes, hp), hp["learning_rate"])
-    timer = TrainTime()
-    history = model.fit(
-        train, epochs=hp["epochs"], steps_per_epoch=steps_per_epoch, validation_data=evaluation, verbose=VERBOSE,
-        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp["patience"],
-                                                 restore_best_weights=True),
-                   keras.callbacks.TensorBoard(os.path.join(fn_args.model_run_dir, "baseline"),
-                                               histogram_freq=1), timer])
+        # Phases: (name, trainable layers or None for all, epoch ceiling, learning rate)
+        if not fn_args.base_model:
+            model, replaced = cnn.build_model(image_shape, num_classes, hp), None
+            phases = [("from scratch", None, hp["epochs"], hp["learning_rate"])]
+        else:
+            base = transfer.load(transfer.keras_file(os.path.dirname(fn_args.base_model)))
+            model, features, replaced = transfer.adapt(base, image_shape, num_classes)
+            if replaced:  # the Keras recipe: the new head on the frozen base, then everything, gently
+                phases = [("new head, base frozen", features, hp["head_epochs"], hp["learning_rate"]),
+                          ("fine-tune all layers", None, hp["fine_tune_epochs"], hp["fine_tune_learning_rate"])]
+            else:  # warm start: the same network continues on the new data, for fewer epochs
+                phases = [("warm start", None, hp["fine_tune_epochs"], hp["learning_rate"])]
+        history, timers = [], []
+        for name, frozen, epochs, learning_rate in phases:
+            for layer in model.layers:
+                layer.trainable = not frozen or layer not in frozen
+            cnn.compile_model(model, learning_rate)
+            timers.append(TrainTime())
+            fit = model.fit(train, initial_epoch=len(history), epochs=len(history) + epochs,
+                            steps_per_epoch=steps_per_epoch, validation_data=evaluation, verbose=VERBOSE,
+                            callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp["patience"],
+                                                                     restore_best_weights=True),
+                                       keras.callbacks.TensorBoard(os.path.join(fn_args.model_run_dir, "baseline"),
+                                                                   histogram_freq=1), timers[-1]])
+            history += [{"phase": name, "val_loss": loss, "val_accuracy": accuracy, "learning_rate": learning_rate}
+                        for loss, accuracy in zip(fit.history["val_loss"], fit.history["val_accuracy"])]
     keras.mixed_precision.set_global_policy("float32")
 
-    # The float32 Keras model (for the Compressor and fine-tuning) and the serving SavedModel, side by side.
-    baseline = cnn.build_model(image_shape, num_classes, hp)
+    # The float32 Keras model (for the Compressor and later fine-tuning) and the serving SavedModel, side by side.
+    baseline = keras.models.clone_model(model) if fn_args.base_model else cnn.build_model(image_shape, num_classes, hp)
     baseline.set_weights(model.get_weights())
     keras_path = data.keras_model_path(os.path.dirname(fn_args.serving_model_dir))
     tf.io.gfile.makedirs(os.path.dirname(keras_path))
     baseline.save(keras_path)  # uncompiled: no optimizer state
     signatures.export(baseline, tft_output, image_shape, fn_args.serving_model_dir)
 
-    losses = history.history["val_loss"]
+    seconds = sum(t.seconds for t in timers)
     summary = {"device": plan.describe(), "seed": seed, "train_examples": train_examples,
-               "epochs_run": len(losses), "epochs_max": hp["epochs"], "best_epoch": 1 + losses.index(min(losses)),
-               "steps_per_epoch": steps_per_epoch, "train_seconds": timer.seconds,
-               "examples_per_second": len(losses) * steps_per_epoch * hp["batch_size"] / timer.seconds}
+               "start": config.get("start", "from scratch"), "head_replaced": replaced,
+               "tuned": bool(fn_args.hyperparameters), "hparams": hp, "epochs": history,
+               "epochs_run": len(history), "epochs_max": sum(p[2] for p in phases),
+               "steps_per_epoch": steps_per_epoch, "train_seconds": seconds,
+               "examples_per_second": len(history) * steps_per_epoch * hp["batch_size"] / seconds}
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, SUMMARY), "w") as f:
         json.dump(summary, f, indent=1)
-    log.info("Baseline: %d of at most %d epochs (best %d), %.0f examples/s",
-             summary["epochs_run"], hp["epochs"], summary["best_epoch"], summary["examples_per_second"])
+    with tf.summary.create_file_writer(os.path.join(fn_args.model_run_dir, "baseline", "provenance")).as_default():
+        tf.summary.text("provenance", json.dumps({k: summary[k] for k in ("start", "head_replaced", "tuned", "hparams")},
+                                                 indent=1), step=0)
+    log.info("Baseline (%s): %d epochs %s, %.0f examples/s", summary["start"], len(history),
+             [(p[0], sum(e["phase"] == p[0] for e in history)) for p in phases], summary["examples_per_second"])
+
+
+def read_summary(model_run_uri: str) -> dict:
+    """What a Trainer run did (training.json in its ModelRun): start, phases, epochs, hyperparameters."""
+    with tf.io.gfile.GFile(os.path.join(model_run_uri, SUMMARY)) as f:
+        return json.load(f)

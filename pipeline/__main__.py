@@ -74,6 +74,16 @@ def _add_settings(parser: argparse.ArgumentParser, output_dir: bool = True) -> N
     for field in ("epochs", "patience", "batch_size", "dense_units"):
         train.add_argument("--" + field.replace("_", "-"), type=_positive)
     train.add_argument("--learning-rate", type=float)
+    train.add_argument("--base-model", metavar="PATH",
+                       help="fine-tune your own Keras model (SavedModel folder, .keras or .h5): its layers up to its "
+                            "last Dense layer are reused, the head is replaced when the classes differ")
+    train.add_argument("--no-warm-start", action="store_true",
+                       help="on a new span, train from scratch instead of from the latest pushed model")
+    for field in ("fine_tune_epochs", "head_epochs"):
+        train.add_argument("--" + field.replace("_", "-"), type=_positive)
+    train.add_argument("--tune", action="store_true",
+                       help="search hyperparameters first (TFX Tuner + KerasTuner, models/tuning.py's search space)")
+    train.add_argument("--tune-trials", type=_positive, help="trials of the search (default 10)")
     train.add_argument("--seed", type=int, help="seeds training and compression (default 0): reruns on the "
                                                 "CPU give identical models")
     comp = parser.add_argument_group("compression")
@@ -101,7 +111,8 @@ def config_from_args(args) -> cfg.PipelineConfig:
     config.data = cfg.DataSpec(path=args.data, format=args.format, image_feature=args.image_feature,
                                label_feature=args.label_feature, image_shape=args.image_shape,
                                num_classes=args.num_classes, input_pattern=args.input_pattern or "")
-    for field in ("epochs", "patience", "batch_size", "dense_units", "learning_rate"):
+    for field in ("epochs", "patience", "batch_size", "dense_units", "learning_rate", "fine_tune_epochs",
+                  "head_epochs"):
         if getattr(args, field) is not None:
             setattr(config.hparams, field, getattr(args, field))
     c = config.compression
@@ -117,6 +128,10 @@ def config_from_args(args) -> cfg.PipelineConfig:
         config.beam_args = args.beam_arg
     if args.seed is not None:
         config.seed = args.seed
+    config.base_model, config.warm_start = args.base_model, not args.no_warm_start
+    config.tuning.enabled = args.tune
+    if args.tune_trials is not None:
+        config.tuning.trials = args.tune_trials
     return config
 
 
@@ -170,6 +185,10 @@ def _print_summary(result, config) -> None:
     print("\ncomponent                          state      seconds")
     for c in result.components:
         print(f"  {c.name:32s} {c.state:10s} {c.seconds:7.1f}")
+    if result.training:
+        from pipeline.report import provenance
+
+        print(f"\nmodel provenance: {provenance(result.training)}")
     report = result.compression_report
     if report:
         print("\ncompression (eval split):")
@@ -229,7 +248,9 @@ def main(argv=None) -> int:
 
     if args.command == "tensorboard":
         root = cfg.PipelineConfig(output_dir=args.output).pipeline_root
-        logdirs = {name.lower(): os.path.join(root, name, "model_run") for name in ("Trainer", "Compressor")}
+        logdirs = {"trainer": os.path.join(root, "Trainer", "model_run"),
+                   "compressor": os.path.join(root, "Compressor", "model_run"),
+                   "tuner": os.path.join(root, "Tuner", "hparams")}
         if not any(os.path.isdir(d) for d in logdirs.values()):
             print(f"error: no Trainer runs under {root}; run `python -m pipeline run` first", file=sys.stderr)
             return 2

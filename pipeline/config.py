@@ -23,6 +23,19 @@ class HParams:
     conv_filters: Tuple[int, ...] = (32, 64)
     dense_units: int = 256
     dropout: float = 0.3
+    # Starting from an existing model (models/transfer.py):
+    fine_tune_epochs: int = 6  # ceiling when warm-starting, and of the unfrozen phase of transfer learning
+    head_epochs: int = 5  # transfer learning: the new head alone, on the frozen base
+    fine_tune_learning_rate: float = 1e-4  # transfer learning: the unfrozen base and head together
+
+
+@dataclasses.dataclass
+class Tuning:
+    """Hyperparameter search (TFX Tuner + KerasTuner; the search space is models/tuning.py's)."""
+
+    enabled: bool = False
+    trials: int = 10
+    trial_epochs: int = 5  # ceiling per trial (early stopping on validation loss)
 
 
 @dataclasses.dataclass
@@ -69,6 +82,9 @@ class PipelineConfig:
     hparams: HParams = dataclasses.field(default_factory=HParams)
     compression: Compression = dataclasses.field(default_factory=Compression)
     thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
+    tuning: Tuning = dataclasses.field(default_factory=Tuning)
+    warm_start: bool = True  # new span: start from the float model behind the latest pushed version
+    base_model: Optional[str] = None  # the user's Keras model to fine-tune (replaces warm start)
     eval_fraction_buckets: Tuple[int, int] = (4, 1)  # train:eval hash buckets
     seed: int = 0  # seeds training and compression: reruns on the CPU give identical models
     beam_args: List[str] = dataclasses.field(default_factory=list)  # empty: DirectRunner, mode by data size
@@ -95,3 +111,8 @@ class PipelineConfig:
         """The settings the Trainer's run_fn receives as custom_config."""
         return {"image_shape": list(image_shape), "num_classes": int(num_classes), "seed": self.seed,
                 "hparams": dataclasses.asdict(self.hparams)}
+
+    def tuner_config(self, image_shape, num_classes: int, pipeline_root: str) -> dict:
+        """The settings models.tuning.tuner_fn receives as custom_config."""
+        return {**self.trainer_config(image_shape, num_classes), "trials": self.tuning.trials,
+                "trial_epochs": self.tuning.trial_epochs, "logdir": os.path.join(pipeline_root, "Tuner", "hparams")}

@@ -5,6 +5,9 @@ ExampleGen → StatisticsGen → (schema) → ExampleValidator → DataGate ┐
            Resolver (latest blessed model) → Evaluator (judges the compressed model) → CompressionGate ┐   │
                                                      Compressor → Canary (serve on loopback) ──────────┴→ Pusher
 """
+import dataclasses
+from typing import Optional
+
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
@@ -16,8 +19,8 @@ from components.ingest.formats import DataFacts
 from pipeline.config import PipelineConfig
 
 # Component ids, used by the runners and the CLI to find outputs.
-TRAINER, COMPRESSOR, EVALUATOR, GATE, CANARY, PUSHER = (
-    "Trainer", "Compressor", "Evaluator", "CompressionGate", "Canary", "Pusher")
+TUNER, TRAINER, COMPRESSOR, EVALUATOR, GATE, CANARY, PUSHER = (
+    "Tuner", "Trainer", "Compressor", "Evaluator", "CompressionGate", "Canary", "Pusher")
 
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
@@ -36,9 +39,22 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
         metrics_specs=[tfma.MetricsSpec(metrics=[accuracy, tfma.MetricConfig(class_name="ExampleCount")])])
 
 
+@dataclasses.dataclass(frozen=True)
+class BaseModel:
+    """What the Trainer starts from: a Model artifact's uri or the user's Keras model path, and why."""
+
+    uri: str
+    description: str
+
+
 def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str, serving_dir: str,
-                    beam_args: list, metadata_connection_config=None) -> tfx.dsl.Pipeline:
-    """The TFX pipeline for `config` on `data`; pushes to `serving_dir`/<version>."""
+                    beam_args: list, base_model: Optional[BaseModel] = None,
+                    metadata_connection_config=None) -> tfx.dsl.Pipeline:
+    """The TFX pipeline for `config` on `data`; pushes to `serving_dir`/<version>.
+
+    base_model: the model the Trainer starts from, imported as its `base_model` input (pinned by uri, so
+    an unchanged rerun stays cached); None trains from scratch.
+    """
     height, width, channels = data.image_shape
     example_gen = ingest.ImageExampleGen(
         input_base=data.path, input_pattern=data.input_pattern, data_config=data.example_gen_config(),
@@ -55,6 +71,21 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
         custom_config={"image_shape": list(data.image_shape)})
     transform.add_upstream_node(data_gate)  # no training on data with anomalies
 
+    optional = []  # nodes that only some settings add
+    trainer_inputs = {}
+    if base_model:
+        importer = tfx.dsl.Importer(source_uri=base_model.uri, artifact_type=standard_artifacts.Model,
+                                    reimport=False).with_id("base_model_importer")
+        trainer_inputs["base_model"] = importer.outputs["result"]
+        optional.append(importer)
+    if config.tuning.enabled:
+        tuner = tfx.components.Tuner(
+            tuner_fn="models.tuning.tuner_fn", examples=transform.outputs["transformed_examples"],
+            transform_graph=transform.outputs["transform_graph"], schema=schema_gen.outputs["schema"],
+            train_args=tfx.proto.TrainArgs(splits=["train"]), eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+            custom_config=config.tuner_config(data.image_shape, data.num_classes, pipeline_root)).with_id(TUNER)
+        trainer_inputs["hyperparameters"] = tuner.outputs["best_hyperparameters"]
+        optional.append(tuner)
     trainer = tfx.components.Trainer(
         run_fn="models.trainer.run_fn",
         examples=transform.outputs["transformed_examples"],
@@ -62,7 +93,9 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),  # no num_steps: epochs over the whole split
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-        custom_config=config.trainer_config(data.image_shape, data.num_classes)).with_id(TRAINER)
+        custom_config={**config.trainer_config(data.image_shape, data.num_classes),
+                       "start": base_model.description if base_model else "from scratch"},
+        **trainer_inputs).with_id(TRAINER)
     c = config.compression
     compressor = Compressor(
         model=trainer.outputs["model"], examples=transform.outputs["transformed_examples"],
@@ -96,7 +129,7 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
         pipeline_name=config.pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform,
-                    trainer, compressor, model_resolver, evaluator, compression_gate, canary_check, pusher],
+                    *optional, trainer, compressor, model_resolver, evaluator, compression_gate, canary_check, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_args)

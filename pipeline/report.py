@@ -121,6 +121,38 @@ def curves_section(result: RunResult) -> str:
     return f'<img id="curves-plot" alt="training curves" src="{_png(fig)}">'
 
 
+def provenance(training: dict) -> str:
+    """One line: where the model came from, how it was trained, with which hyperparameters."""
+    phases = {}
+    for epoch in training["epochs"]:
+        phases[epoch["phase"]] = phases.get(epoch["phase"], 0) + 1
+    hp = training["hparams"]
+    return (f"{training['start']}" + (f"; new head ({training['head_replaced']})" if training["head_replaced"] else "")
+            + "; " + ", ".join(f"{name}: {n} epochs" for name, n in phases.items())
+            + f"; hyperparameters {'tuned' if training['tuned'] else 'defaults'}: conv {hp['conv_filters']}, "
+              f"dense {hp['dense_units']}, dropout {hp['dropout']:.2f}, learning rate {hp['learning_rate']:g}")
+
+
+def provenance_section(result: RunResult) -> str:
+    """Where the model came from: from scratch, warm-started or transferred; tuned or not; hyperparameters."""
+    if not result.training:
+        return "<p>The Trainer did not run.</p>"
+    hp = result.training["hparams"]
+    tuner = result.uri(dag.TUNER, "tuner_results")
+    trials = ""
+    if tuner and os.path.exists(os.path.join(tuner, "tuner_results.json")):
+        import json
+
+        with open(os.path.join(tuner, "tuner_results.json")) as f:
+            rows = json.load(f)
+        keys = [k for k in rows[0] if k not in ("trial_id", "score")] if rows else []
+        trials = "<h3>Tuning trials (best first; score = validation loss)</h3>" + _table(
+            ["trial", "score", *keys], [[r["trial_id"], f"{r['score']:.4f}", *[r[k] for k in keys]] for r in rows],
+            "trials")
+    return (f'<p id="provenance">{html.escape(provenance(result.training))}</p>' +
+            _table(["hyperparameter", "value"], [[k, v] for k, v in sorted(hp.items())], "hparams") + trials)
+
+
 def compression_section(result: RunResult) -> str:
     report = result.compression_report
     if not report:
@@ -176,7 +208,7 @@ def build(output_dir: str, pipeline_name: str) -> str:
     components = _table(["component", "state", "seconds"],
                         [[c.name, c.state, f"{c.seconds:.1f}"] for c in result.components])
     sections = [("Components", components), ("Data", data_section(result)), ("Anomalies", anomalies_section(result)),
-                ("Training", curves_section(result)), ("Compression", compression_section(result)),
+                ("Provenance", provenance_section(result)), ("Training", curves_section(result)), ("Compression", compression_section(result)),
                 ("Evaluation", evaluation_section(result)), ("Push", push_section(result))]
     body = "".join(f'<section id="{t.lower()}"><h2>{t}</h2>{content}</section>' for t, content in sections)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(pipeline_name)} run report</title>

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 
 from components.compressor.report import JSON, MARKDOWN, PLOT, CompressionReport
 from components.ingest import formats
+from models import trainer
 from pipeline import dag
 from pipeline.config import PipelineConfig
 
@@ -48,6 +49,70 @@ def local_beam_args(config: PipelineConfig, data: formats.DataFacts) -> list:
     return args
 
 
+def choose_base_model(config: PipelineConfig, data: formats.DataFacts) -> Optional[dag.BaseModel]:
+    """--base-model (checked against the data: exit 2 when it cannot read it); else, on a span newer than
+    the one the latest pushed model was trained on, that model's float baseline (warm start); else None."""
+    from models import transfer
+
+    if config.base_model:
+        path = config.base_model if "://" in config.base_model else os.path.abspath(config.base_model)
+        try:
+            transfer.check(transfer.load(path), data.image_shape)
+        except transfer.IncompatibleBaseModel as e:
+            raise formats.DataError(str(e)) from e
+        return dag.BaseModel(path, f"transfer learning from the base model {path}")
+    if not config.warm_start or not os.path.exists(config.metadata_path):
+        return None
+    for pushed in pushed_models(config.metadata_path):
+        if pushed["span"] < data.span:
+            try:
+                transfer.check(transfer.load(transfer.keras_file(pushed["float_model_uri"])), data.image_shape)
+            except transfer.IncompatibleBaseModel as e:
+                log.info("Not warm-starting from pushed version %s: %s", pushed["version"], e)
+                return None
+            return dag.BaseModel(pushed["float_model_uri"], f"warm-started from pushed version {pushed['version']} "
+                                                        f"(trained on span {pushed['span']}) for span {data.span}")
+    return None
+
+
+def pushed_models(metadata_path: str) -> List[dict]:
+    """Every pushed version, newest first: version, the float Trainer model behind it and its span
+    (read from ML Metadata lineage: Pusher ← Compressor ← Trainer ← Transform ← ExampleGen)."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    connection = metadata_store_pb2.ConnectionConfig()
+    connection.sqlite.filename_uri = metadata_path
+    connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    store = metadata_store.MetadataStore(connection)
+
+    def producer_input(artifact_id: int, key: str):
+        """The `key` input of the execution that produced the artifact."""
+        output = [e for e in store.get_events_by_artifact_ids([artifact_id])
+                  if e.type == metadata_store_pb2.Event.OUTPUT]
+        if not output:
+            return None
+        inputs = [e for e in store.get_events_by_execution_ids([output[0].execution_id])
+                  if e.type == metadata_store_pb2.Event.INPUT and e.path.steps and e.path.steps[0].key == key]
+        return store.get_artifacts_by_id([inputs[0].artifact_id])[0] if inputs else None
+
+    found = []
+    for pushed in sorted(store.get_artifacts_by_type("PushedModel"), key=lambda a: -a.id):
+        if pushed.custom_properties["pushed"].int_value != 1:
+            continue
+        compressed = producer_input(pushed.id, "model")
+        float_model = compressed and producer_input(compressed.id, "model")
+        transformed = float_model and producer_input(float_model.id, "examples")
+        examples = transformed and producer_input(transformed.id, "examples")
+        if examples is None:
+            continue
+        found.append({"version": pushed.custom_properties["pushed_version"].string_value,
+                      "float_model_uri": float_model.uri,
+                      "span": examples.custom_properties["span"].int_value
+                      if "span" in examples.custom_properties else examples.properties["span"].int_value})
+    return found
+
+
 @dataclasses.dataclass
 class ComponentRun:
     name: str
@@ -62,6 +127,7 @@ class RunResult:
     pushed_dir: Optional[str]
     refusal: str
     compression_report: Optional[CompressionReport]
+    training: Optional[dict]  # what the Trainer did (models.trainer.read_summary): start, phases, hparams
     artifacts: Dict[tuple, object] = dataclasses.field(default_factory=dict)  # (node, key) → MLMD artifact
 
     def uri(self, node: str, key: str) -> Optional[str]:
@@ -75,10 +141,14 @@ def run_local(config: PipelineConfig) -> RunResult:
     from tfx import v1 as tfx
 
     data = prepare_data(config)
+    base = choose_base_model(config, data)
+    log.info("Trainer: %s", base.description if base else "trains from scratch" + (
+        "" if config.warm_start else " (--no-warm-start)"))
     os.makedirs(config.output_dir, exist_ok=True)
     metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
     pipeline = dag.create_pipeline(config, data, pipeline_root=config.pipeline_root, serving_dir=config.serving_dir,
-                                   beam_args=local_beam_args(config, data), metadata_connection_config=metadata)
+                                   beam_args=local_beam_args(config, data), base_model=base,
+                                   metadata_connection_config=metadata)
     error, argv = None, sys.argv
     sys.argv = argv[:1]  # Beam executors parse sys.argv as absl flags; the caller's flags are not theirs
     try:
@@ -146,12 +216,16 @@ def latest_run(metadata_path: str, pipeline_name: str) -> RunResult:
     report = outputs.get((dag.COMPRESSOR, "report"))
     report = CompressionReport.load(report.uri) if report is not None and os.path.exists(
         os.path.join(report.uri, JSON)) else None
+    model_run = outputs.get((dag.TRAINER, "model_run"))
+    training = None
+    if model_run is not None and os.path.exists(os.path.join(model_run.uri, trainer.SUMMARY)):
+        training = trainer.read_summary(model_run.uri)
     pushed = bool(custom(dag.PUSHER, "pushed_model", "pushed"))
     return RunResult(components=components, pushed=pushed,
                      pushed_dir=custom(dag.PUSHER, "pushed_model", "pushed_destination") if pushed else None,
                      refusal="; ".join(r for r in (custom(dag.GATE, "blessing", "reason"),
                                                    custom(dag.CANARY, "blessing", "reason")) if r),
-                     compression_report=report, artifacts=outputs)
+                     compression_report=report, training=training, artifacts=outputs)
 
 
 def compile_kubeflow(config: PipelineConfig, pipeline_root: str, image: str, output_file: str) -> Dict:

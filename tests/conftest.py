@@ -16,6 +16,7 @@ def e2e_config(output_dir, **compression_overrides):
 
     config = PipelineConfig(output_dir=str(output_dir))
     config.hparams.epochs = 6
+    config.hparams.fine_tune_epochs = 3  # warm start on a new span
     config.compression.prune_epochs = 3
     config.compression.qat_epochs = 1
     config.compression.target_sparsity = TARGET_SPARSITY

@@ -154,13 +154,13 @@ def parse_record(record: bytes, image_feature: str, label_feature: str, shape: S
 
 
 # ----------------------------------------------------------------------------- probing a data folder
-def _latest_span(path: str) -> Tuple[str, str]:
-    """Returns (prefix of the input pattern, folder of the latest span)."""
+def _latest_span(path: str) -> Tuple[str, str, int]:
+    """Returns (prefix of the input pattern, folder of the latest span, its number; 0 without spans)."""
     spans = [(int(m.group(1)), name) for name in tf.io.gfile.listdir(path)
              if (m := _SPAN_DIR.match(name.rstrip("/")))]
     if not spans:
-        return "", path
-    return "span-{SPAN}/", os.path.join(path, max(spans)[1].rstrip("/"))
+        return "", path, 0
+    return "span-{SPAN}/", os.path.join(path, max(spans)[1].rstrip("/")), max(spans)[0]
 
 
 def _files(folder: str) -> List[str]:
@@ -199,6 +199,7 @@ class DataFacts:
     class_names: Optional[Tuple[str, ...]] = None
     image_feature: str = IMAGE_KEY  # TFRecords: the feature names in the user's records
     label_feature: str = LABEL_KEY
+    span: int = 0  # the latest span's number (0: no span folders)
     num_files: int = 0  # in the latest span
     num_bytes: int = 0  # in the latest span
 
@@ -213,7 +214,7 @@ def probe(spec) -> DataFacts:
     """Finds out what `spec`'s data (a pipeline.config.DataSpec) holds; what the spec states wins."""
     if not tf.io.gfile.isdir(spec.path):
         raise DataError(f"--data {spec.path}: no such folder.")
-    prefix, folder = _latest_span(spec.path)
+    prefix, folder, span = _latest_span(spec.path)
     fmt = detect_format(folder) if spec.format == "auto" else spec.format
     shape, num_classes, class_names = spec.image_shape, spec.num_classes, spec.class_names
     if fmt == "images":
@@ -270,7 +271,7 @@ def probe(spec) -> DataFacts:
     return DataFacts(path=spec.path, format=fmt, input_pattern=spec.input_pattern or pattern,
                      image_shape=tuple(int(d) for d in shape), num_classes=int(num_classes),
                      class_names=tuple(class_names) if class_names else None,
-                     image_feature=spec.image_feature, label_feature=spec.label_feature, num_files=len(files),
+                     image_feature=spec.image_feature, label_feature=spec.label_feature, span=span, num_files=len(files),
                      num_bytes=sum(tf.io.gfile.stat(f).length for f in files))
 
 

@@ -24,7 +24,6 @@ def test_several_gpus_are_mirrored():
 
 def test_mirrored_path_builds_and_trains_a_model_on_cpu():
     import numpy as np
-    import tf_keras as keras
 
     from models import cnn
 

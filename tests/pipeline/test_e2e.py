@@ -137,12 +137,22 @@ def test_same_seed_gives_the_same_metrics_for_every_stage(first_run, tmp_path):
         assert again.compression_report.stages[stage].sparsity == metrics.sparsity, stage
 
 
-def test_second_span_trains_and_is_compared_with_the_first_blessed_model(first_run):
+def test_second_span_warm_starts_and_is_compared_with_the_latest_blessed_model(first_run):
     output, first = first_run
     formats.write_digits(os.path.join(output, "data", "digits"), span=2, seed=7)
     result = runners.run_local(make_config(output))
     states = {c.name: c.state for c in result.components}
     assert states["FileBasedExampleGen"] == states["Trainer"] == "COMPLETE", states
+    # Warm start: the Trainer received the float model behind the latest pushed version as its base_model,
+    # and reached at least the first model's accuracy in fewer epochs.
+    assert result.artifacts[("base_model_importer", "result")].uri == first.uri("Trainer", "model")
+    assert result.training["start"].startswith("warm-started from pushed version")
+    assert {e["phase"] for e in result.training["epochs"]} == {"warm start"}
+    assert result.training["epochs_run"] < first.training["epochs_run"], (result.training, first.training)
+    assert result.compression_report.stages["baseline"].accuracy >= first.compression_report.stages["baseline"].accuracy
+    # An unchanged rerun warm-starts from the same pinned model: the Trainer stays cached.
+    again = runners.run_local(make_config(output))
+    assert {c.name: c.state for c in again.components}["Trainer"] == "CACHED"
     blessing = glob.glob(os.path.join(output, "pipeline_root", "Evaluator", "evaluation", "*"))
     assert blessing
     from ml_metadata.metadata_store import metadata_store
