@@ -45,7 +45,7 @@ def run(output: str, data: str, *flags) -> dict:
     from pipeline.config import PipelineConfig
 
     proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--data", data, "--output", output, "--no-prune",
-                           "--no-qat", "--min-accuracy", "0", *flags], cwd=ROOT, capture_output=True, text=True,
+                           "--no-qat", "--min-accuracy", "0", "--image-shape", "28,28,1", *flags], cwd=ROOT, capture_output=True, text=True,
                           env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
     if proc.returncode not in (0, 1):
         raise RuntimeError(proc.stderr[-3000:])

@@ -9,6 +9,7 @@ from tfx_bsl.public import tfxio
 from models.preprocessing import LABEL_KEY
 
 SHUFFLE_BUFFER_BYTES = 64 << 20  # the shuffle buffer holds at most this much of decoded examples
+MIN_STEPS_PER_EPOCH = 20  # on tiny data an "epoch" (a validation interval) is several passes
 
 
 def dataset(fn_args, file_patterns: List[str], tft_output, batch_size: int, seed: int,
@@ -35,7 +36,8 @@ def count_examples(file_patterns: List[str]) -> int:
 
 
 def steps(num_examples: int, batch_size: int) -> int:
-    return max(1, math.ceil(num_examples / batch_size))
+    """Steps per epoch: one pass over the examples, at least MIN_STEPS_PER_EPOCH."""
+    return max(MIN_STEPS_PER_EPOCH, math.ceil(num_examples / batch_size))
 
 
 def keras_model_path(model_uri: str) -> str:

@@ -40,10 +40,14 @@ def _chain(base: keras.Model):
     dense = [i for i, layer in enumerate(layers) if isinstance(layer, keras.layers.Dense)]
     if not dense:
         raise IncompatibleBaseModel(f"base model '{base.name}' has no Dense layer to use as its head.")
-    for layer in layers:
-        if len(layer._inbound_nodes) != 1 or isinstance(layer.input, list):
+    previous = base.layers[0]  # its InputLayer
+    for layer in layers:  # in the base's own graph (node 0), each layer reads the one before it
+        inbound = layer._inbound_nodes[0].inbound_layers
+        if isinstance(inbound, list) or inbound is not previous:
             raise IncompatibleBaseModel(f"base model '{base.name}' is not a single chain of layers (layer "
-                                        f"'{layer.name}' has several inputs or uses); give a sequential model.")
+                                        f"'{layer.name}' does not read only the layer before it); give a "
+                                        "sequential model.")
+        previous = layer
     return layers[:dense[-1]], layers[dense[-1]]
 
 
@@ -59,23 +63,32 @@ def check(base: keras.Model, image_shape: Tuple[int, int, int]) -> None:
     _chain(base)
 
 
+FEATURE_ENDS = (keras.layers.Flatten, keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)
+
+
 def adapt(base: keras.Model, image_shape, num_classes: int) -> Tuple[keras.Model, list, Optional[str]]:
     """A model of the pipeline's contract (flat `image` input, `probabilities` output) reusing `base`'s layers.
 
-    Returns (model, the reused feature layers, why the head was replaced or None if `base`'s head was kept).
+    With as many outputs as classes, the whole network is reused (warm start). Otherwise its classifier
+    top is dropped, as `include_top=False` does in keras.applications: the feature layers up to its
+    last Flatten/global pooling (up to its last Dense layer if it has none) get a new Dense head.
+    Returns (model, the reused feature layers, why the head was replaced or None if it was kept).
     """
     check(base, image_shape)
-    features, head = _chain(base)
+    body, head = _chain(base)
     inputs = keras.Input(shape=(int(np.prod(image_shape)),), name="image")
     x = inputs if len(base.input_shape) == 2 else keras.layers.Reshape(tuple(image_shape))(inputs)
+    if head.units == num_classes:
+        for layer in body + [head]:
+            x = layer(x)
+        if head.activation is not keras.activations.softmax:  # ours apply softmax in a separate layer
+            x = keras.layers.Activation("softmax", dtype="float32")(x)
+        return keras.Model(inputs, keras.layers.Activation("linear", name="probabilities")(x)), body, None
+    ends = [i for i, layer in enumerate(body) if isinstance(layer, FEATURE_ENDS)]
+    features = body[:ends[-1] + 1] if ends else body
     for layer in features:
         x = layer(x)
-    if head.units == num_classes:
-        x, replaced = head(x), None
-        if head.activation is keras.activations.softmax:  # our own models apply softmax in a separate layer
-            return keras.Model(inputs, keras.layers.Activation("linear", name="probabilities")(x)), features, None
-    else:
-        x = keras.layers.Dense(num_classes, name="new_head")(x)
-        replaced = f"the base model has {head.units} outputs and this data {num_classes} classes"
+    x = keras.layers.Dense(num_classes, name="new_head")(x)
     outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs), features, replaced
+    return (keras.Model(inputs, outputs), features,
+            f"the base model has {head.units} outputs and this data {num_classes} classes")

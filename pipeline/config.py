@@ -25,7 +25,7 @@ class HParams:
     dropout: float = 0.3
     # Starting from an existing model (models/transfer.py):
     fine_tune_epochs: int = 6  # ceiling when warm-starting, and of the unfrozen phase of transfer learning
-    head_epochs: int = 5  # transfer learning: the new head alone, on the frozen base
+    head_epochs: int = 20  # transfer learning: the new head alone, on the frozen base (early-stopped)
     fine_tune_learning_rate: float = 1e-4  # transfer learning: the unfrozen base and head together
 
 
