@@ -18,7 +18,7 @@ from pipeline.config import PipelineConfig
 BUNDLED_DATA_IN_IMAGE = "/pipeline/data/digits"  # where the Dockerfile writes the bundled digits
 # Local Beam: the DirectRunner's in-memory mode up to this much input data, multi-processing above it.
 # Measured on 2 cores (ExampleGen + StatisticsGen + Transform + Evaluator, in-memory vs. multi-processing):
-# bundled digits (0.2 MB) 13 vs. 44 s; 60,000 28x28 IDX (47 MB) 44 vs. 60 s; 50,000 32x32 RGB TFRecords
+# bundled digits (0.2 MB) a whole run 73 vs. 102 s (issue 8's figures); 60,000 28x28 IDX (47 MB) 44 vs. 60 s; 50,000 32x32 RGB TFRecords
 # (150 MB) 79 vs. 102 s, with the same peak RSS (3.8 GB, the Trainer's). Worker start-up and pickling
 # cost more than two cores give back at every measured size; above 512 MB (not measured) the
 # multi-processing mode's bounded memory per worker is the safer default.
