@@ -1,7 +1,10 @@
 """The Trainer's run_fn: streamed transformed examples → the float baseline CNN, exported for serving.
 
-custom_config (pipeline.config.PipelineConfig.trainer_config): image_shape, num_classes, seed and
-hparams (models/cnn.py). Compression is a separate component (components/compressor).
+custom_config (pipeline.config.PipelineConfig.trainer_config): image_shape, num_classes, seed,
+hparams (models/cnn.py) and start (where the model comes from, for provenance). The Trainer's standard
+inputs decide how it trains: `base_model` (warm start, or a user's model through models/transfer.py)
+and `hyperparameters` (the Tuner's best, models/tuning.py). Compression is a separate component
+(components/compressor).
 """
 import json
 import logging
