@@ -160,28 +160,38 @@ def savedmodel_latency_ms(export_dir: str, image_shape) -> float:
     return median_latency_ms(lambda: signature(pixels=pixels))
 
 
-def tflite_run(tflite_model: bytes, images: np.ndarray) -> np.ndarray:
-    """Class predictions of a TFLite model for flat [0, 1] images, quantizing inputs where needed."""
+def tflite_classifier(tflite_model: bytes):
+    """A function from flat [0, 1] images to class predictions, on one TFLite interpreter (inputs
+    quantized where the model takes int8)."""
     interpreter = tf.lite.Interpreter(model_content=tflite_model)
     interpreter.allocate_tensors()
     source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    predictions = []
-    for image in images:
-        x = image[None].astype(np.float32)
-        if source["dtype"] == np.int8:
-            scale, zero = source["quantization"]
-            x = np.clip(np.round(x / scale + zero), -128, 127).astype(np.int8)
-        interpreter.set_tensor(source["index"], x)
-        interpreter.invoke()
-        predictions.append(int(np.argmax(interpreter.get_tensor(target["index"])[0])))
-    return np.asarray(predictions)
+
+    def classify(images) -> np.ndarray:
+        predictions = []
+        for image in np.asarray(images):
+            x = image[None].astype(np.float32)
+            if source["dtype"] == np.int8:
+                scale, zero = source["quantization"]
+                x = np.clip(np.round(x / scale + zero), -128, 127).astype(np.int8)
+            interpreter.set_tensor(source["index"], x)
+            interpreter.invoke()
+            predictions.append(int(np.argmax(interpreter.get_tensor(target["index"])[0])))
+        return np.asarray(predictions)
+
+    return classify
 
 
-def tflite_accuracy(tflite_model: bytes, batches) -> float:
-    """Accuracy of a TFLite model over (features, labels) batches, streamed."""
+def tflite_run(tflite_model: bytes, images: np.ndarray) -> np.ndarray:
+    """Class predictions of a TFLite model for flat [0, 1] images."""
+    return tflite_classifier(tflite_model)(images)
+
+
+def streamed_accuracy(classify, batches) -> float:
+    """Accuracy of `classify` (images → class predictions) over (features, labels) batches, streamed."""
     correct = total = 0
     for features, labels in batches:
-        predictions = tflite_run(tflite_model, np.asarray(features["image"]))
+        predictions = classify(features["image"])
         correct += int(np.sum(predictions == np.asarray(labels).reshape(-1)))
         total += len(predictions)
     return correct / max(total, 1)

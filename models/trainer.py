@@ -95,7 +95,8 @@ def run_fn(fn_args) -> None:
     keras.mixed_precision.set_global_policy("float32")
 
     # The float32 Keras model (for the Compressor and later fine-tuning) and the serving SavedModel, side by side.
-    baseline = keras.models.clone_model(model) if fn_args.base_model else cnn.build_model(image_shape, num_classes, hp)
+    baseline = keras.models.clone_model(model, clone_function=lambda layer: layer.__class__.from_config(
+        {**layer.get_config(), "dtype": "float32"}))  # a float32 copy, whatever policy trained it
     baseline.set_weights(model.get_weights())
     keras_path = data.keras_model_path(os.path.dirname(fn_args.serving_model_dir))
     tf.io.gfile.makedirs(os.path.dirname(keras_path))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import os
 import time
 from typing import List
@@ -141,8 +142,6 @@ def provenance_section(result: RunResult) -> str:
     tuner = result.uri(dag.TUNER, "tuner_results")
     trials = ""
     if tuner and os.path.exists(os.path.join(tuner, "tuner_results.json")):
-        import json
-
         with open(os.path.join(tuner, "tuner_results.json")) as f:
             rows = json.load(f)
         keys = [k for k in rows[0] if k not in ("trial_id", "score")] if rows else []
@@ -208,7 +207,8 @@ def build(output_dir: str, pipeline_name: str) -> str:
     components = _table(["component", "state", "seconds"],
                         [[c.name, c.state, f"{c.seconds:.1f}"] for c in result.components])
     sections = [("Components", components), ("Data", data_section(result)), ("Anomalies", anomalies_section(result)),
-                ("Provenance", provenance_section(result)), ("Training", curves_section(result)), ("Compression", compression_section(result)),
+                ("Provenance", provenance_section(result)), ("Training", curves_section(result)),
+                ("Compression", compression_section(result)),
                 ("Evaluation", evaluation_section(result)), ("Push", push_section(result))]
     body = "".join(f'<section id="{t.lower()}"><h2>{t}</h2>{content}</section>' for t, content in sections)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(pipeline_name)} run report</title>

@@ -18,8 +18,8 @@ from pipeline.config import PipelineConfig
 BUNDLED_DATA_IN_IMAGE = "/pipeline/data/digits"  # where the Dockerfile writes the bundled digits
 # Local Beam: the DirectRunner's in-memory mode up to this much input data, multi-processing above it.
 # Measured on 2 cores (ExampleGen + StatisticsGen + Transform + Evaluator, in-memory vs. multi-processing):
-# bundled digits (0.2 MB) a whole run 73 vs. 102 s (issue 8's figures); 60,000 28x28 IDX (47 MB) 44 vs. 60 s; 50,000 32x32 RGB TFRecords
-# (150 MB) 79 vs. 102 s, with the same peak RSS (3.8 GB, the Trainer's). Worker start-up and pickling
+# 60,000 28x28 IDX (47 MB) 44 vs. 60 s; 50,000 32x32 RGB TFRecords (150 MB) 79 vs. 102 s, with the same
+# peak RSS (3.8 GB, the Trainer's); bundled digits (0.2 MB), a whole run: 73 vs. 102 s (issue 8's figures). Worker start-up and pickling
 # cost more than two cores give back at every measured size; above 512 MB (not measured) the
 # multi-processing mode's bounded memory per worker is the safer default.
 IN_MEMORY_MAX_BYTES = 512 << 20
@@ -78,16 +78,23 @@ def choose_base_model(config: PipelineConfig, data: formats.DataFacts) -> Option
     return None
 
 
-def pushed_models(metadata_path: str) -> List[dict]:
-    """Every pushed version, newest first: version, the float Trainer model behind it and its span
-    (read from ML Metadata lineage: Pusher ← Compressor ← Trainer ← Transform ← ExampleGen)."""
+def _read_store(metadata_path: str):
+    """The SQLite ML Metadata store, read-only."""
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
     connection = metadata_store_pb2.ConnectionConfig()
     connection.sqlite.filename_uri = metadata_path
     connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = metadata_store.MetadataStore(connection)
+    return metadata_store.MetadataStore(connection)
+
+
+def pushed_models(metadata_path: str) -> List[dict]:
+    """Every pushed version, newest first: version, the float Trainer model behind it and its span
+    (read from ML Metadata lineage: Pusher ← Compressor ← Trainer ← Transform ← ExampleGen)."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    store = _read_store(metadata_path)
 
     def producer_input(artifact_id: int, key: str):
         """The `key` input of the execution that produced the artifact."""
@@ -186,13 +193,9 @@ def _publish_report(result: RunResult, report_dir: str) -> None:
 
 def latest_run(metadata_path: str, pipeline_name: str) -> RunResult:
     """What the latest pipeline run did, read back from ML Metadata."""
-    from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
-    connection = metadata_store_pb2.ConnectionConfig()
-    connection.sqlite.filename_uri = metadata_path
-    connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = metadata_store.MetadataStore(connection)
+    store = _read_store(metadata_path)
     runs = [c for c in store.get_contexts_by_type("pipeline_run") if c.name]
     run = max(runs, key=lambda c: c.create_time_since_epoch)
     executions = sorted(store.get_executions_by_context(run.id), key=lambda e: e.create_time_since_epoch)

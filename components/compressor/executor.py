@@ -21,16 +21,6 @@ log = logging.getLogger(__name__)
 REPRESENTATIVE_EXAMPLES = 200  # calibration images for full-integer quantization
 
 
-def keras_accuracy(model, batches) -> float:
-    """Accuracy of a Keras model over (features, labels) batches, streamed."""
-    correct = total = 0
-    for features, labels in batches:
-        predictions = np.argmax(model.predict_on_batch(features["image"]), axis=-1)
-        correct += int(np.sum(predictions == np.asarray(labels).reshape(-1)))
-        total += len(predictions)
-    return correct / max(total, 1)
-
-
 class Executor(base_executor.BaseExecutor):
 
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
@@ -82,13 +72,17 @@ class Executor(base_executor.BaseExecutor):
                                                    tensorboard("pqat"), compile_fn, VERBOSE)
                 stages["pqat"] = compression.for_serving(model, keras.models.clone_model(baseline))
 
-        # Export: the final stage for serving, the others (baseline aside: the Trainer did) for measurement.
+        # Export: the final stage for serving, intermediate ones for measurement (the Trainer exported the baseline).
         final = list(stages)[-1]
         export_dirs = {"baseline": path_utils.serving_model_dir(baseline_uri)}
         for stage, model in stages.items():
-            if stage == final or stage != "baseline":
-                export_dirs[stage] = serving_dir if stage == final else os.path.join(run_dir, "savedmodel_" + stage)
-                signatures.export(model, tft_output, image_shape, export_dirs[stage])
+            if stage == final:
+                export_dirs[stage] = serving_dir
+            elif stage == "baseline":
+                continue
+            else:
+                export_dirs[stage] = os.path.join(run_dir, "savedmodel_" + stage)
+            signatures.export(model, tft_output, image_shape, export_dirs[stage])
         representative = np.concatenate([np.asarray(features["image"]) for features, _ in
                                          train.take(-(-REPRESENTATIVE_EXAMPLES // batch_size))])
         tflite_int8 = compression.to_tflite(stages[final], representative[:REPRESENTATIVE_EXAMPLES], sparse=prune)
@@ -104,13 +98,15 @@ class Executor(base_executor.BaseExecutor):
             sparsity, per_layer = compression.weight_sparsity(compression.savedmodel_kernels(export_dirs[stage]))
             size, gz = compression.sizes(export_dirs[stage], exclude="assets.extra")
             metrics[stage] = StageMetrics(
-                accuracy=keras_accuracy(model, evaluation),
+                accuracy=compression.streamed_accuracy(
+                    lambda images: np.argmax(model.predict_on_batch(images), axis=-1), evaluation),
                 sparsity=sparsity, layer_sparsity=per_layer, size_bytes=size, gzip_bytes=gz,
                 latency_ms=compression.savedmodel_latency_ms(export_dirs[stage], image_shape))
         sparsity, per_layer = compression.weight_sparsity(compression.tflite_kernels(tflite_int8))
         size, gz = compression.sizes_of_bytes(tflite_int8)
         metrics["tflite_int8"] = StageMetrics(
-            accuracy=compression.tflite_accuracy(tflite_int8, evaluation), sparsity=sparsity, layer_sparsity=per_layer,
+            accuracy=compression.streamed_accuracy(compression.tflite_classifier(tflite_int8), evaluation),
+            sparsity=sparsity, layer_sparsity=per_layer,
             size_bytes=size, gzip_bytes=gz, latency_ms=compression.tflite_latency_ms(tflite_int8))
         float_size, float_gz = compression.sizes_of_bytes(tflite_float)
         report = CompressionReport(
