@@ -75,8 +75,8 @@ def _add_settings(parser: argparse.ArgumentParser, output_dir: bool = True) -> N
         train.add_argument("--" + field.replace("_", "-"), type=_positive)
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--base-model", metavar="PATH",
-                       help="fine-tune your own Keras model (SavedModel folder, .keras or .h5): its layers up to its "
-                            "last Dense layer are reused, the head is replaced when the classes differ")
+                       help="fine-tune your own Keras model (SavedModel folder, .keras or .h5): when its outputs differ "
+                            "from the classes, its layers up to its last Flatten/pooling get a new head")
     train.add_argument("--no-warm-start", action="store_true",
                        help="on a new span, train from scratch instead of from the latest pushed model")
     for field in ("fine_tune_epochs", "head_epochs"):
