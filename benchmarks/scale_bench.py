@@ -181,7 +181,7 @@ def measure(name: str, work: str) -> dict:
     plain = json.loads(python("-c", PLAIN, data_folder, json.dumps(list(shape)), str(training["epochs_run"]),
                               json.dumps(hp)).strip().splitlines()[-1])
     with tempfile.TemporaryDirectory() as scratch:
-        trainer_config = json.dumps(config.trainer_config(shape, 10))
+        trainer_config = json.dumps(config.trainer_config(shape, [str(i) for i in range(10)]))
         c = config.compression
         compressor_config = json.dumps({"prune": 1, "target_sparsity": c.target_sparsity, "prune_epochs": c.prune_epochs,
                                         "qat": 1, "qat_epochs": c.qat_epochs, "batch_size": hp["batch_size"],

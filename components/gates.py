@@ -1,5 +1,7 @@
-"""Gates that stop a run: bad data before training, a costly compression before push."""
+"""Gates that stop a run: bad data before training; a model under the quality bar before push."""
+import dataclasses
 import os
+from typing import List
 
 import tensorflow as tf
 from tensorflow_metadata.proto.v0 import anomalies_pb2
@@ -8,6 +10,7 @@ from tfx.v1.dsl.components import InputArtifact, OutputArtifact, Parameter, comp
 
 from components.compressor.report import MODEL_STAGES, CompressionReport, CompressionReportArtifact
 
+CLASS_SLICE = "class_name"  # the example feature the Evaluator slices classes on
 SPARSITY_TOLERANCE = 0.005  # measured sparsity may fall this far under the target (rounding per layer)
 
 
@@ -64,31 +67,105 @@ def compression_verdict(report: CompressionReport, max_accuracy_drop: float) -> 
     return "; ".join(reasons)
 
 
-@component
-def CompressionGate(report: InputArtifact[CompressionReportArtifact],
-                    evaluation: InputArtifact[standard_artifacts.ModelBlessing],
-                    blessing: OutputArtifact[standard_artifacts.ModelBlessing],
-                    max_accuracy_drop: Parameter[float]):
-    """Blesses the compressed model only if the Evaluator did, compression cost at most
-    `max_accuracy_drop` against this run's baseline, and pruning reached its target sparsity.
+@dataclasses.dataclass(frozen=True)
+class FailedCheck:
+    """One Evaluator threshold that a slice missed."""
 
-    The Pusher reads this blessing; the reason for a refusal is in its `reason` custom property.
+    slice: str  # "overall" or "class 'zero'"
+    metric: str  # e.g. "accuracy", "accuracy change vs. the served model"
+    value: float
+    threshold: str  # e.g. ">= 0.9"
+    examples: int  # eval examples in the slice
+    judged: bool  # False: a class with fewer than min_slice_examples eval examples (reported only)
+
+    def __str__(self) -> str:
+        text = f"{self.slice}: {self.metric} {self.value:.4f}, needs {self.threshold} ({self.examples} eval examples)"
+        return text if self.judged else text + " [not judged: fewer than --min-slice-examples]"
+
+
+def _slice_name(slice_key) -> str:
+    keys = list(slice_key.single_slice_keys)
+    if not keys:
+        return "overall"
+    value = keys[0].bytes_value.decode("utf-8", "replace") if keys[0].HasField("bytes_value") else (
+        keys[0].int64_value if keys[0].HasField("int64_value") else keys[0].float_value)
+    return f"class '{value}'" if keys[0].column == CLASS_SLICE else f"{keys[0].column} '{value}'"
+
+
+def slice_metrics(evaluation_uri: str) -> dict:
+    """Slice name ("overall", "class 'zero'") → {"accuracy", "examples", "served_accuracy" (None without a
+    served model)}, from the Evaluator's output; classes in name order after the overall slice."""
+    import tensorflow_model_analysis as tfma
+
+    found = {}
+    for metrics in tfma.load_metrics(evaluation_uri):
+        entry = found.setdefault(_slice_name(metrics.slice_key),
+                                 {"accuracy": None, "examples": 0, "served_accuracy": None})
+        for kv in metrics.metric_keys_and_values:
+            if kv.key.is_diff:
+                continue
+            value, baseline = kv.value.double_value.value, kv.key.model_name == "baseline"
+            if kv.key.name == "example_count" and not baseline:
+                entry["examples"] = int(value)
+            elif kv.key.name == "sparse_categorical_accuracy":
+                entry["served_accuracy" if baseline else "accuracy"] = value
+    return dict(sorted(found.items(), key=lambda item: (item[0] != "overall", item[0])))
+
+
+def failed_checks(evaluation_uri: str, min_slice_examples: int) -> List[FailedCheck]:
+    """Every threshold the Evaluator found missed, with the slice's example count; per-class checks of
+    classes with fewer than `min_slice_examples` eval examples are marked not judged."""
+    import tensorflow_model_analysis as tfma
+
+    counts = {name: entry["examples"] for name, entry in slice_metrics(evaluation_uri).items()}
+    checks = []
+    for per_slice in tfma.load_validation_result(evaluation_uri).metric_validations_per_slice:
+        name = _slice_name(per_slice.slice_key)
+        for failure in per_slice.failures:
+            threshold = failure.metric_threshold
+            metric = failure.metric_key.name.replace("sparse_categorical_", "")
+            if failure.metric_key.is_diff:
+                metric += " change vs. the served model"
+                bound = f">= {threshold.change_threshold.absolute.value:+.4f}"
+            else:
+                bound = f">= {threshold.value_threshold.lower_bound.value:g}"
+            examples = counts.get(name, 0)
+            checks.append(FailedCheck(name, metric, failure.metric_value.double_value.value, bound, examples,
+                                      judged=name == "overall" or examples >= min_slice_examples))
+    return checks
+
+
+@component
+def QualityGate(report: InputArtifact[CompressionReportArtifact],
+                evaluation: InputArtifact[standard_artifacts.ModelEvaluation],
+                evaluator_blessing: InputArtifact[standard_artifacts.ModelBlessing],
+                blessing: OutputArtifact[standard_artifacts.ModelBlessing],
+                max_accuracy_drop: Parameter[float], min_slice_examples: Parameter[int]):
+    """Blesses the compressed model when it meets every Evaluator threshold (per-class floors only for classes
+    with at least `min_slice_examples` eval examples), compression cost at most `max_accuracy_drop` against
+    this run's baseline, and pruning reached its target sparsity.
+
+    The Pusher reads this blessing. A refusal names every failing check in its `reason` custom property
+    (also in `checks`, one per line, with the checks that were not judged).
     """
-    reasons = []
-    if evaluation.get_int_custom_property("blessed") != 1:
-        reasons.append("the Evaluator did not bless the model (accuracy under the threshold, or a "
-                       "regression against the last blessed model; see its metrics)")
+    checks = failed_checks(evaluation.uri, min_slice_examples)
+    reasons = [str(c) for c in checks if c.judged]
+    baseline = (evaluator_blessing.get_string_custom_property("baseline_model")
+                if evaluator_blessing.has_custom_property("baseline_model") else "")
+    if reasons and any("served model" in r for r in reasons):
+        reasons.append(f"compared with the served model {baseline}")
     verdict = compression_verdict(CompressionReport.load(report.uri), max_accuracy_drop)
     if verdict:
         reasons.append(verdict)
-    for key in ("current_model", "baseline_model"):  # what the Evaluator compared, for the Resolver
-        if evaluation.has_custom_property(key):
-            blessing.set_string_custom_property(key, evaluation.get_string_custom_property(key))
-        if evaluation.has_custom_property(key + "_id"):
-            blessing.set_int_custom_property(key + "_id", evaluation.get_int_custom_property(key + "_id"))
+    for key in ("current_model", "baseline_model"):  # what the Evaluator compared
+        if evaluator_blessing.has_custom_property(key):
+            blessing.set_string_custom_property(key, evaluator_blessing.get_string_custom_property(key))
+        if evaluator_blessing.has_custom_property(key + "_id"):
+            blessing.set_int_custom_property(key + "_id", evaluator_blessing.get_int_custom_property(key + "_id"))
     blessed = not reasons
     blessing.set_int_custom_property("blessed", int(blessed))
-    blessing.set_string_custom_property("reason", "; ".join(reasons))
+    blessing.set_string_custom_property("reason", "\n".join(reasons))
+    blessing.set_string_custom_property("checks", "\n".join(str(c) for c in checks))
     tf.io.gfile.makedirs(blessing.uri)
     with tf.io.gfile.GFile(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w") as f:
-        f.write("; ".join(reasons))
+        f.write("\n".join(reasons))

@@ -6,9 +6,18 @@ Signatures (each runs the tf.Transform graph, then the network):
   predict_pixels    pixels: float32 [N, H, W, C]   pixel values in 0..255 (plain JSON numbers)
   predict_images    images: string [N]     encoded PNG/JPEG bytes (`{"b64": ...}` over REST),
                                            converted like the training data (grey/RGB, resized)
-Outputs: probabilities float32 [N, num_classes], classes int64 [N].
+Outputs: probabilities float32 [N, num_classes], classes int64 [N], class_name string [N].
+  classify          inputs: string [N]     serialized tf.Examples, as serving_default
+                                           (method tensorflow/serving/classify: TF Serving's Classify API)
+Outputs: classes string [N, num_classes] (the class names), scores float32 [N, num_classes].
+
+The class names travel with the model: assets/class_names.txt, one per line, line i naming class i.
 """
+import os
+import tempfile
+
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
 from models.preprocessing import IMAGE_KEY
 
@@ -20,8 +29,18 @@ class _Untracked:
         self.model = model
 
 
+CLASS_NAMES_FILE = "class_names.txt"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+
+
+def class_names_of(export_dir: str) -> list:
+    """The class names an exported model was trained on (line i names class i)."""
+    with tf.io.gfile.GFile(os.path.join(export_dir, "assets", CLASS_NAMES_FILE)) as f:
+        return f.read().splitlines()
+
+
 class ServingModule(tf.Module):
-    def __init__(self, model, tft_output, image_shape):
+    def __init__(self, model, tft_output, image_shape, class_names, assets_dir: str):
         super().__init__()
         self._keras = _Untracked(model)
         # The network's variables, saved under readable names: weights/<layer>.<variable>.
@@ -33,6 +52,11 @@ class ServingModule(tf.Module):
         self.image_shape = tuple(int(d) for d in image_shape)
         spec = tft_output.raw_feature_spec()
         self._example_spec = {IMAGE_KEY: spec[IMAGE_KEY]}
+        names_file = os.path.join(assets_dir, CLASS_NAMES_FILE)
+        with tf.io.gfile.GFile(names_file, "w") as f:
+            f.write("".join(f"{name}\n" for name in class_names))
+        self.class_names_asset = tf.saved_model.Asset(names_file)
+        self.class_names = tf.constant(list(class_names), tf.string)
 
     def _predict(self, pixels):
         """pixels: float [N, H, W, C] in 0..255 → outputs."""
@@ -43,12 +67,20 @@ class ServingModule(tf.Module):
     def _from_raw(self, image):
         transformed = self.tft_layer({IMAGE_KEY: image})
         probabilities = tf.cast(self._keras.model(transformed[IMAGE_KEY], training=False), tf.float32)
-        return {"probabilities": probabilities, "classes": tf.argmax(probabilities, axis=-1)}
+        classes = tf.argmax(probabilities, axis=-1)
+        return {"probabilities": probabilities, "classes": classes,
+                "class_name": tf.gather(self.class_names, classes)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(self, examples):
         parsed = tf.io.parse_example(examples, self._example_spec)
         return self._from_raw(parsed[IMAGE_KEY])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def classify(self, inputs):
+        scores = self.serve_examples(inputs)["probabilities"]
+        classes = tf.tile(self.class_names[tf.newaxis], [tf.shape(scores)[0], 1])
+        return {"classes": classes, "scores": scores}
 
     def serve_pixels_fn(self):
         return tf.function(self._predict, input_signature=[
@@ -68,12 +100,21 @@ class ServingModule(tf.Module):
         return tf.function(serve_images, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
 
 
-def export(model, tft_output, image_shape, export_dir: str) -> None:
-    """Saves `model` with the transform graph and the three signatures above."""
-    module = ServingModule(model, tft_output, image_shape)
-    signatures = {
-        "serving_default": module.serve_examples.get_concrete_function(),
-        "predict_pixels": module.serve_pixels_fn().get_concrete_function(),
-        "predict_images": module.serve_images_fn().get_concrete_function(),
-    }
-    tf.saved_model.save(module, export_dir, signatures=signatures)
+def export(model, tft_output, image_shape, class_names, export_dir: str) -> None:
+    """Saves `model` with the transform graph, the class names and the four signatures above."""
+    with tempfile.TemporaryDirectory() as assets_dir:
+        module = ServingModule(model, tft_output, image_shape, class_names, assets_dir)
+        signatures = {
+            "serving_default": module.serve_examples.get_concrete_function(),
+            "predict_pixels": module.serve_pixels_fn().get_concrete_function(),
+            "predict_images": module.serve_images_fn().get_concrete_function(),
+            "classify": module.classify.get_concrete_function(),
+        }
+        tf.saved_model.save(module, export_dir, signatures=signatures)
+    # tf.saved_model.save marks every signature as a predict one; TF Serving's Classify API needs this kind.
+    path = os.path.join(export_dir, "saved_model.pb")
+    saved_model = saved_model_pb2.SavedModel.FromString(tf.io.gfile.GFile(path, "rb").read())
+    saved_model.meta_graphs[0].signature_def["classify"].method_name = CLASSIFY_METHOD
+    with tf.io.gfile.GFile(path + ".tmp", "wb") as f:
+        f.write(saved_model.SerializeToString())
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)

@@ -1,6 +1,6 @@
 """The Trainer's run_fn: streamed transformed examples → the float baseline CNN, exported for serving.
 
-custom_config (pipeline.config.PipelineConfig.trainer_config): image_shape, num_classes, seed,
+custom_config (pipeline.config.PipelineConfig.trainer_config): image_shape, class_names, seed,
 hparams (models/cnn.py) and start (where the model comes from, for provenance). The Trainer's standard
 inputs decide how it trains: `base_model` (warm start, or a user's model through models/transfer.py)
 and `hyperparameters` (the Tuner's best, models/tuning.py). Compression is a separate component
@@ -48,7 +48,7 @@ def run_fn(fn_args) -> None:
         from models import tuning  # imports KerasTuner (and Keras 3) only when tuning
 
         hp = tuning.tuned_hparams(hp, fn_args.hyperparameters)
-    image_shape, num_classes = tuple(config["image_shape"]), int(config["num_classes"])
+    image_shape, num_classes = tuple(config["image_shape"]), len(config["class_names"])
     tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
 
     plan = devices.plan_devices(devices.visible_gpus())
@@ -101,7 +101,7 @@ def run_fn(fn_args) -> None:
     keras_path = data.keras_model_path(os.path.dirname(fn_args.serving_model_dir))
     tf.io.gfile.makedirs(os.path.dirname(keras_path))
     baseline.save(keras_path)  # uncompiled: no optimizer state
-    signatures.export(baseline, tft_output, image_shape, fn_args.serving_model_dir)
+    signatures.export(baseline, tft_output, image_shape, config["class_names"], fn_args.serving_model_dir)
 
     seconds = sum(t.seconds for t in timers)
     summary = {"device": plan.describe(), "seed": seed, "train_examples": train_examples,

@@ -1,6 +1,6 @@
 """Hyperparameter tuning with KerasTuner inside TFX's Tuner component: the search space, declared once.
 
-custom_config (pipeline.config.PipelineConfig.tuner_config): image_shape, num_classes, seed, hparams
+custom_config (pipeline.config.PipelineConfig.tuner_config): image_shape, class_names, seed, hparams
 (the defaults the search starts from), trials, trial_epochs, logdir (TensorBoard HParams logs).
 """
 import copy
@@ -67,7 +67,7 @@ def tuner_fn(fn_args) -> TunerFnResult:
     train = data.dataset(fn_args, fn_args.train_files, tft_output, hp["batch_size"], seed, train=True)
     evaluation = data.dataset(fn_args, fn_args.eval_files, tft_output, hp["batch_size"], seed, train=False)
     logdir = os.path.join(config["logdir"], time.strftime("%Y%m%d-%H%M%S"))  # one folder per search
-    search = _Search(hp, tuple(config["image_shape"]), int(config["num_classes"]), logdir,
+    search = _Search(hp, tuple(config["image_shape"]), len(config["class_names"]), logdir,
                      objective=keras_tuner.Objective(OBJECTIVE, "min"), max_trials=int(config["trials"]),
                      seed=seed, directory=fn_args.working_dir, project_name="search", overwrite=True)
     return TunerFnResult(tuner=search, fit_kwargs={

@@ -43,66 +43,102 @@ def _shape(text: str):
     return shape
 
 
-def _fraction(text: str):
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1)")
-    return value
+def _number(kind, low, high=None, low_open=False, high_open=False):
+    """An argparse type: a `kind` number in [low, high] (or open at either end), with a plain message."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        too_low = value is not None and (value <= low if low_open else value < low)
+        too_high = value is not None and high is not None and (value >= high if high_open else value > high)
+        if value is None or too_low or too_high or value != value:
+            span = ("(" if low_open else "[") + f"{low:g}, " + (f"{high:g}" + (")" if high_open else "]")
+                                                                if high is not None else "∞)")
+            raise argparse.ArgumentTypeError(f"'{text}' is not {'an integer' if kind is int else 'a number'} in {span}")
+        return value
+    return parse
 
 
-def _positive(text: str):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
+_positive, _fraction, _unit = _number(int, 1), _number(float, 0.0, 1.0, high_open=True), _number(float, 0.0, 1.0)
+
+
+def _class_names(text: str):
+    names = [n.strip() for n in text.split(",")]
+    if len(names) < 2 or not all(names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"'{text}' is not two or more distinct, non-empty names separated by commas")
+    return names
 
 
 def _add_settings(parser: argparse.ArgumentParser, output_dir: bool = True) -> None:
+    defaults = cfg.PipelineConfig()
+    hp, comp_d, th = defaults.hparams, defaults.compression, defaults.thresholds
+
+    def flag(group, name, owner, help, **kwargs):
+        """A flag for the settings field `name` of `owner`, its default shown from the settings class."""
+        group.add_argument("--" + name.replace("_", "-"), help=f"{help} (default {getattr(owner, name)})", **kwargs)
+
     data = parser.add_argument_group("data")
     data.add_argument("--data", help="data folder (spans in span-N/ sub-folders); default: bundled digits")
-    data.add_argument("--format", choices=cfg.FORMATS, default="auto")
-    data.add_argument("--image-feature", default="image", help="TFRecords: the image feature's name")
-    data.add_argument("--label-feature", default="label", help="TFRecords: the label feature's name")
-    data.add_argument("--image-shape", type=_shape, help="H,W,C the model sees (default: from the data)")
-    data.add_argument("--num-classes", type=_positive, help="number of classes (default: from the data)")
+    data.add_argument("--format", choices=cfg.FORMATS, default="auto", help="data format (default auto: detected)")
+    data.add_argument("--image-feature", default="image", help="TFRecords: the image feature's name (default image)")
+    data.add_argument("--label-feature", default="label", help="TFRecords: the label feature's name (default label)")
+    data.add_argument("--image-shape", type=_shape, help="H,W,C the model sees (default: the most common image size)")
+    data.add_argument("--num-classes", type=_number(int, 2),
+                      help="number of classes; labels must be in 0..N-1 (default: class folders, label names, or "
+                           "integer labels if contiguous from 0)")
+    data.add_argument("--class-names", type=_class_names, metavar="A,B,...",
+                      help="class names, comma-separated: name i is integer label i, or the order of string labels "
+                           "and class folders (default: folder names, label names, or the digits of integer labels)")
+    data.add_argument("--skip-bad-files", action="store_true",
+                      help="leave unreadable images and records out (counted and listed) instead of stopping")
     data.add_argument("--input-pattern", help="glob under --data ({SPAN} for spans); default: by format")
     if output_dir:
         parser.add_argument("--output", default="artifacts", help="output folder (default: artifacts)")
     parser.add_argument("--model-name", default="digits", help="served model name (default: digits)")
     parser.add_argument("--pipeline-name", default=None, help="TFX pipeline name (default: the model name)")
     train = parser.add_argument_group("training")
-    for field in ("epochs", "patience", "batch_size", "dense_units"):
-        train.add_argument("--" + field.replace("_", "-"), type=_positive)
-    train.add_argument("--learning-rate", type=float)
+    flag(train, "epochs", hp, "epoch ceiling (early stopping on validation loss)", type=_positive)
+    flag(train, "patience", hp, "epochs without a better validation loss before stopping", type=_positive)
+    flag(train, "batch_size", hp, "examples per batch", type=_positive)
+    flag(train, "dense_units", hp, "units of the dense layer", type=_positive)
+    flag(train, "learning_rate", hp, "Adam learning rate", type=_number(float, 0.0, low_open=True))
     train.add_argument("--base-model", metavar="PATH",
                        help="fine-tune your own Keras model (SavedModel folder, .keras or .h5): when its outputs differ "
                             "from the classes, its layers up to its last Flatten/pooling get a new head")
     train.add_argument("--no-warm-start", action="store_true",
                        help="on a new span, train from scratch instead of from the latest pushed model")
-    for field in ("fine_tune_epochs", "head_epochs"):
-        train.add_argument("--" + field.replace("_", "-"), type=_positive)
+    flag(train, "fine_tune_epochs", hp, "epoch ceiling of warm start and of fine-tuning all layers", type=_positive)
+    flag(train, "head_epochs", hp, "transfer learning: epoch ceiling of the new head on the frozen base",
+         type=_positive)
     train.add_argument("--tune", action="store_true",
                        help="search hyperparameters first (TFX Tuner + KerasTuner, models/tuning.py's search space)")
-    train.add_argument("--tune-trials", type=_positive, help="trials of the search (default 10)")
-    train.add_argument("--seed", type=int, help="seeds training and compression (default 0): reruns on the "
-                                                "CPU give identical models")
+    train.add_argument("--tune-trials", type=_positive,
+                       help=f"trials of the search (default {defaults.tuning.trials})")
+    train.add_argument("--seed", type=int, help=f"seeds training and compression (default {defaults.seed}): reruns "
+                                                "on the CPU give identical models")
     comp = parser.add_argument_group("compression")
     comp.add_argument("--no-prune", action="store_true", help="skip magnitude pruning")
     comp.add_argument("--no-qat", action="store_true", help="skip quantization-aware training")
-    comp.add_argument("--target-sparsity", type=_fraction)
-    comp.add_argument("--prune-epochs", type=_positive)
-    comp.add_argument("--qat-epochs", type=_positive)
-    comp.add_argument("--max-accuracy-drop", type=float,
-                      help="largest accuracy loss of compression vs. the baseline (default 0.01 = 1 point)")
-    gate = parser.add_argument_group("evaluation")
-    gate.add_argument("--min-accuracy", type=float, help="Evaluator's absolute accuracy floor (default 0.9)")
-    gate.add_argument("--max-regression", type=float,
-                      help="largest accuracy drop vs. the last blessed model (default 0.02)")
+    flag(comp, "target_sparsity", comp_d, "fraction of weights pruned to zero, in [0, 1)", type=_fraction)
+    flag(comp, "prune_epochs", comp_d, "epochs of pruning", type=_positive)
+    flag(comp, "qat_epochs", comp_d, "epochs of quantization-aware training", type=_positive)
+    flag(comp, "max_accuracy_drop", comp_d, "largest accuracy loss of compression vs. this run's baseline",
+         type=_unit)
+    gate = parser.add_argument_group("quality gate (the Evaluator, on the eval split)")
+    flag(gate, "min_accuracy", th, "overall accuracy floor", type=_unit)
+    flag(gate, "min_class_accuracy", th, "accuracy floor of each class with at least --min-slice-examples "
+                                         "eval examples", type=_unit)
+    flag(gate, "min_slice_examples", th, "eval examples a class needs for its floor to apply (smaller classes are "
+                                         "reported, not judged)", type=_positive)
+    flag(gate, "max_regression", th, "largest overall accuracy drop vs. the model being served (the latest pushed)",
+         type=_unit)
     parser.add_argument("--beam-arg", action="append", default=None, metavar="ARG",
                         help="Beam pipeline argument, repeatable (default: the DirectRunner, in-memory for "
                              "small data, multi-processing for large)")
     parser.add_argument("--no-cache", action="store_true", help="run every component even if cached")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's and TFX's own logs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's and TFX's own logs, "
+                                                                      "and tracebacks")
 
 
 def config_from_args(args) -> cfg.PipelineConfig:
@@ -110,20 +146,17 @@ def config_from_args(args) -> cfg.PipelineConfig:
                                 output_dir=getattr(args, "output", "artifacts"), enable_cache=not args.no_cache)
     config.data = cfg.DataSpec(path=args.data, format=args.format, image_feature=args.image_feature,
                                label_feature=args.label_feature, image_shape=args.image_shape,
-                               num_classes=args.num_classes, input_pattern=args.input_pattern or "")
-    for field in ("epochs", "patience", "batch_size", "dense_units", "learning_rate", "fine_tune_epochs",
-                  "head_epochs"):
-        if getattr(args, field) is not None:
-            setattr(config.hparams, field, getattr(args, field))
-    c = config.compression
-    c.prune, c.qat = not args.no_prune, not args.no_qat
-    for field in ("target_sparsity", "prune_epochs", "qat_epochs", "max_accuracy_drop"):
-        if getattr(args, field) is not None:
-            setattr(c, field, getattr(args, field))
-    if args.min_accuracy is not None:
-        config.thresholds.min_accuracy = args.min_accuracy
-    if args.max_regression is not None:
-        config.thresholds.max_accuracy_regression = args.max_regression
+                               num_classes=args.num_classes, class_names=args.class_names,
+                               input_pattern=args.input_pattern or "", skip_bad_files=args.skip_bad_files)
+    for owner, fields in ((config.hparams, ("epochs", "patience", "batch_size", "dense_units", "learning_rate",
+                                            "fine_tune_epochs", "head_epochs")),
+                          (config.compression, ("target_sparsity", "prune_epochs", "qat_epochs", "max_accuracy_drop")),
+                          (config.thresholds, ("min_accuracy", "min_class_accuracy", "min_slice_examples",
+                                               "max_regression"))):
+        for field in fields:
+            if getattr(args, field) is not None:
+                setattr(owner, field, getattr(args, field))
+    config.compression.prune, config.compression.qat = not args.no_prune, not args.no_qat
     if args.beam_arg:
         config.beam_args = args.beam_arg
     if args.seed is not None:
@@ -196,6 +229,14 @@ def _print_summary(result, config) -> None:
         for row in report.rows():
             print("  " + "".join(f"{v:>12s}" for v in row))
         print(f"  report: {os.path.join(output_dir, 'report', 'compression.md')} (plot: compression.png)")
+    evaluation = result.uri("Evaluator", "evaluation")
+    if evaluation:
+        from components.gates import slice_metrics
+
+        print("\naccuracy on the eval split (candidate / served model, eval examples):")
+        for name, m in slice_metrics(evaluation).items():
+            served = f"{m['served_accuracy']:.4f}" if m["served_accuracy"] is not None else "-"
+            print(f"  {name:28s} {m['accuracy'] or 0:.4f} / {served:6s} ({m['examples']})")
     try:
         from pipeline import report
 
@@ -214,7 +255,7 @@ def _print_summary(result, config) -> None:
               f"--model {config.model_name}")
         print(f"  tensorboard: .venv/bin/python -m pipeline tensorboard --output {output_dir}")
     else:
-        print(f"\nNOT pushed: {result.refusal or 'see the log above'}")
+        print("\nNOT pushed:\n  " + (result.refusal or "see the log above").replace("\n", "\n  "))
 
 
 def main(argv=None) -> int:
@@ -244,7 +285,9 @@ def main(argv=None) -> int:
     board.add_argument("--output", default="artifacts")
     board.add_argument("--port", type=int, default=6006)
     board.add_argument("--host", default="127.0.0.1")
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would blame the top-level parser and show its usage; show the command's
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
 
     if args.command == "tensorboard":
         root = cfg.PipelineConfig(output_dir=args.output).pipeline_root
@@ -263,9 +306,13 @@ def main(argv=None) -> int:
             print(f"error: no runs under {args.output}; run `python -m pipeline run` first", file=sys.stderr)
             return 2
         _quiet(False)
-        from pipeline import report
+        from pipeline import report, runners
 
-        path = report.build(args.output, args.model_name)
+        try:
+            path = report.build(args.output, args.model_name)
+        except runners.NoRuns as e:
+            print(f"error: {e}; pass the --model-name of a pipeline run under {args.output}", file=sys.stderr)
+            return 2
         print(f"report: {path}")
         if args.open:
             import webbrowser
@@ -295,8 +342,12 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except runners.PipelineFailed as e:
+        if e.data_problem:
+            print(f"error: {e.data_problem}", file=sys.stderr)
+            return 2
         _print_summary(e.result, config)
-        print(f"\nerror: the run failed: {e.cause}", file=sys.stderr)
+        print(f"\nerror: the run failed: {e.cause}" + ("" if args.verbose else " (-v shows the traceback)"),
+              file=sys.stderr)
         return 1
     _print_summary(result, config)
     print(f"total {time.time() - start:.0f} s")

@@ -2,10 +2,11 @@
 
 ExampleGen → StatisticsGen → (schema) → ExampleValidator → DataGate ┐
                                     └→ Transform → Trainer (float baseline) → Compressor (prune, PQAT, int8) ┐
-           Resolver (latest blessed model) → Evaluator (judges the compressed model) → CompressionGate ┐   │
-                                                     Compressor → Canary (serve on loopback) ──────────┴→ Pusher
+    Resolver (latest pushed model) → Evaluator (judges the compressed model) → QualityGate ┐   │
+                                                Compressor → Canary (serve on loopback) ───────┴→ Pusher
 """
 import dataclasses
+import json
 from typing import Optional
 
 import tensorflow_model_analysis as tfma
@@ -13,29 +14,32 @@ from tfx import v1 as tfx
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
 from tfx.types import standard_artifacts
 
-from components import canary, gates, ingest, schema
+from components import canary, gates, ingest, pusher, schema
 from components.compressor import Compressor
 from components.ingest.formats import DataFacts
 from pipeline.config import PipelineConfig
 
 # Component ids, used by the runners and the CLI to find outputs.
 TUNER, TRAINER, COMPRESSOR, EVALUATOR, GATE, CANARY, PUSHER = (
-    "Tuner", "Trainer", "Compressor", "Evaluator", "CompressionGate", "Canary", "Pusher")
+    "Tuner", "Trainer", "Compressor", "Evaluator", "QualityGate", "Canary", "Pusher")
 
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
-    """Accuracy overall and per class; an absolute floor and a bound on regression vs. the last blessed model."""
-    accuracy = tfma.MetricConfig(
-        class_name="SparseCategoricalAccuracy",
-        threshold=tfma.MetricThreshold(
-            value_threshold=tfma.GenericValueThreshold(lower_bound={"value": config.thresholds.min_accuracy}),
-            change_threshold=tfma.GenericChangeThreshold(
-                direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                absolute={"value": -config.thresholds.max_accuracy_regression})))
+    """Accuracy overall (a floor, and a bound on regression vs. the served model) and per class name (its
+    own floor; the QualityGate applies it only to classes with enough eval examples)."""
+    t = config.thresholds
+    overall, per_class = tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[gates.CLASS_SLICE])
+    accuracy = tfma.MetricConfig(class_name="SparseCategoricalAccuracy", per_slice_thresholds=[
+        tfma.PerSliceMetricThreshold(slicing_specs=[overall], threshold=tfma.MetricThreshold(
+            value_threshold=tfma.GenericValueThreshold(lower_bound={"value": t.min_accuracy}),
+            change_threshold=tfma.GenericChangeThreshold(direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                                                         absolute={"value": -t.max_regression}))),
+        tfma.PerSliceMetricThreshold(slicing_specs=[per_class], threshold=tfma.MetricThreshold(
+            value_threshold=tfma.GenericValueThreshold(lower_bound={"value": t.min_class_accuracy})))])
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key="label",
                                     prediction_key="probabilities")],
-        slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=["label"])],
+        slicing_specs=[overall, per_class],
         metrics_specs=[tfma.MetricsSpec(metrics=[accuracy, tfma.MetricConfig(class_name="ExampleCount")])])
 
 
@@ -60,7 +64,8 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
         input_base=data.path, input_pattern=data.input_pattern, data_config=data.example_gen_config(),
         buckets=config.eval_fraction_buckets)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = schema.ConfigSchemaGen(image_size=height * width * channels, num_classes=data.num_classes)
+    schema_gen = schema.ConfigSchemaGen(image_size=height * width * channels,
+                                        class_names=json.dumps(list(data.class_names)))
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     data_gate = gates.DataGate(anomalies=example_validator.outputs["anomalies"])
@@ -83,7 +88,7 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
             tuner_fn="models.tuning.tuner_fn", examples=transform.outputs["transformed_examples"],
             transform_graph=transform.outputs["transform_graph"], schema=schema_gen.outputs["schema"],
             train_args=tfx.proto.TrainArgs(splits=["train"]), eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-            custom_config=config.tuner_config(data.image_shape, data.num_classes, pipeline_root)).with_id(TUNER)
+            custom_config=config.tuner_config(data.image_shape, data.class_names, pipeline_root)).with_id(TUNER)
         trainer_inputs["hyperparameters"] = tuner.outputs["best_hyperparameters"]
         optional.append(tuner)
     trainer = tfx.components.Trainer(
@@ -93,7 +98,7 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),  # no num_steps: epochs over the whole split
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-        custom_config={**config.trainer_config(data.image_shape, data.num_classes),
+        custom_config={**config.trainer_config(data.image_shape, data.class_names),
                        "start": base_model.description if base_model else "from scratch"},
         **trainer_inputs).with_id(TRAINER)
     c = config.compression
@@ -104,23 +109,24 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
         learning_rate=config.hparams.learning_rate, seed=config.seed).with_id(COMPRESSOR)
     candidate = compressor.outputs["compressed_model"]  # what is judged, canaried and pushed
 
-    model_resolver = tfx.dsl.Resolver(
+    model_resolver = tfx.dsl.Resolver(  # the model being served: the Pusher's record names it
         strategy_class=LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing,
-                                       producer_component_id=GATE),
-    ).with_id("latest_blessed_model_resolver")
+        model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing, producer_component_id=PUSHER,
+                                       output_key=pusher.SERVING_RECORD),
+    ).with_id("latest_pushed_model_resolver")
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"], model=candidate,
         baseline_model=model_resolver.outputs["model"], eval_config=eval_config(config)).with_id(EVALUATOR)
 
-    compression_gate = gates.CompressionGate(
-        report=compressor.outputs["report"], evaluation=evaluator.outputs["blessing"],
-        max_accuracy_drop=config.compression.max_accuracy_drop).with_id(GATE)
+    quality_gate = gates.QualityGate(
+        report=compressor.outputs["report"], evaluation=evaluator.outputs["evaluation"],
+        evaluator_blessing=evaluator.outputs["blessing"], max_accuracy_drop=config.compression.max_accuracy_drop,
+        min_slice_examples=config.thresholds.min_slice_examples).with_id(GATE)
     canary_check = canary.Canary(model=candidate, examples=example_gen.outputs["examples"],
                                  model_name=config.model_name).with_id(CANARY)
-    pusher = tfx.components.Pusher(
-        model=candidate, model_blessing=compression_gate.outputs["blessing"],
+    push = pusher.Pusher(
+        model=candidate, model_blessing=quality_gate.outputs["blessing"],
         infra_blessing=canary_check.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
             base_directory=serving_dir))).with_id(PUSHER)
@@ -129,7 +135,7 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
         pipeline_name=config.pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform,
-                    *optional, trainer, compressor, model_resolver, evaluator, compression_gate, canary_check, pusher],
+                    *optional, trainer, compressor, model_resolver, evaluator, quality_gate, canary_check, push],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_args)

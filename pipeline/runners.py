@@ -5,6 +5,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from typing import Dict, List, Optional
@@ -31,9 +32,7 @@ def prepare_data(config: PipelineConfig) -> formats.DataFacts:
     spec = config.data
     if spec.path is None:
         path = formats.write_digits(os.path.abspath(os.path.join(config.output_dir, "data", "digits")))
-        spec = dataclasses.replace(spec, path=os.path.dirname(path), format="tfrecord",
-                                   image_shape=spec.image_shape or formats.DIGITS_SHAPE,
-                                   num_classes=spec.num_classes or formats.DIGITS_CLASSES)
+        spec = dataclasses.replace(spec, path=os.path.dirname(path), format="tfrecord")
     elif "://" not in spec.path:
         spec = dataclasses.replace(spec, path=os.path.abspath(spec.path))
     return formats.probe(spec)
@@ -135,7 +134,7 @@ class RunResult:
     components: List[ComponentRun]
     pushed: bool
     pushed_dir: Optional[str]
-    refusal: str
+    refusal: str  # why the model was not pushed, one check per line
     compression_report: Optional[CompressionReport]
     training: Optional[dict]  # what the Trainer did (models.trainer.read_summary): start, phases, hparams
     artifacts: Dict[tuple, object] = dataclasses.field(default_factory=dict)  # (node, key) → MLMD artifact
@@ -151,6 +150,7 @@ def run_local(config: PipelineConfig) -> RunResult:
     from tfx import v1 as tfx
 
     data = prepare_data(config)
+    log.info("%s", data.describe())
     base = choose_base_model(config, data)
     log.info("Trainer: %s", base.description if base else "trains from scratch" + (
         "" if config.warm_start else " (--no-warm-start)"))
@@ -175,10 +175,30 @@ def run_local(config: PipelineConfig) -> RunResult:
     return result
 
 
+def data_problem(error: BaseException) -> Optional[str]:
+    """The message of a data problem found while the pipeline ran (by ExampleGen inside Beam, or by the
+    DataGate), else None. Beam may re-raise a worker's error as another type with the message inside."""
+    from components.gates import DataAnomaliesError
+
+    seen = error
+    while seen is not None:
+        if isinstance(seen, (formats.DataError, DataAnomaliesError)):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    match = re.search(r"(?:DataError|DataAnomaliesError): (.*?)(?: \[while running [^\]]*\])?\s*$", str(error), re.S)
+    return match.group(1).strip() if match else None
+
+
+class NoRuns(LookupError):
+    """ML Metadata holds no run of the pipeline asked for."""
+
+
 class PipelineFailed(RuntimeError):
+    """A component failed; `data_problem` is the message when the data was the cause."""
+
     def __init__(self, result: RunResult, cause: Exception):
         super().__init__(str(cause))
-        self.result, self.cause = result, cause
+        self.result, self.cause, self.data_problem = result, cause, data_problem(cause)
 
 
 def _publish_report(result: RunResult, report_dir: str) -> None:
@@ -196,8 +216,13 @@ def latest_run(metadata_path: str, pipeline_name: str) -> RunResult:
     from ml_metadata.proto import metadata_store_pb2
 
     store = _read_store(metadata_path)
-    runs = [c for c in store.get_contexts_by_type("pipeline_run") if c.name]
-    run = max(runs, key=lambda c: c.create_time_since_epoch)
+    pipeline = store.get_context_by_type_and_name("pipeline", pipeline_name)
+    executions = store.get_executions_by_context(pipeline.id) if pipeline is not None else []
+    if not executions:
+        raise NoRuns(f"no runs of pipeline '{pipeline_name}' in {metadata_path}")
+    latest = max(executions, key=lambda e: (e.create_time_since_epoch, e.id))
+    run = next(c for c in store.get_contexts_by_execution(latest.id)
+               if store.get_context_types_by_id([c.type_id])[0].name == "pipeline_run")
     executions = sorted(store.get_executions_by_context(run.id), key=lambda e: e.create_time_since_epoch)
     state_names = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
     components, outputs = [], {}
@@ -229,8 +254,8 @@ def latest_run(metadata_path: str, pipeline_name: str) -> RunResult:
     pushed = bool(custom(dag.PUSHER, "pushed_model", "pushed"))
     return RunResult(components=components, pushed=pushed,
                      pushed_dir=custom(dag.PUSHER, "pushed_model", "pushed_destination") if pushed else None,
-                     refusal="; ".join(r for r in (custom(dag.GATE, "blessing", "reason"),
-                                                   custom(dag.CANARY, "blessing", "reason")) if r),
+                     refusal="\n".join(r for r in (custom(dag.GATE, "blessing", "reason"),
+                                                    custom(dag.CANARY, "blessing", "reason")) if r),
                      compression_report=report, training=training, artifacts=outputs)
 
 
@@ -241,18 +266,19 @@ def compile_kubeflow(config: PipelineConfig, pipeline_root: str, image: str, out
     spec = config.data
     if spec.path is None:  # the bundled digits, baked into the image by the Dockerfile
         data = formats.DataFacts(path=BUNDLED_DATA_IN_IMAGE, format="tfrecord", input_pattern="span-{SPAN}/*",
-                                 image_shape=formats.DIGITS_SHAPE, num_classes=formats.DIGITS_CLASSES)
+                                 image_shape=formats.DIGITS_SHAPE, class_names=formats.DIGITS_CLASSES)
     elif "://" not in spec.path:  # local data can be probed; remote data must be described
         data = prepare_data(config)
     else:
-        missing = [f for f, v in (("--image-shape", spec.image_shape), ("--num-classes", spec.num_classes),
+        missing = [f for f, v in (("--image-shape", spec.image_shape),
+                                  ("--num-classes or --class-names", spec.num_classes or spec.class_names),
                                   ("--input-pattern", spec.input_pattern), ("--format", spec.format != "auto"))
                    if not v]
         if missing:
             raise ValueError(f"data at {spec.path} cannot be read while compiling; pass {', '.join(missing)}.")
         data = formats.DataFacts(path=spec.path, format=spec.format, input_pattern=spec.input_pattern,
-                                 image_shape=tuple(spec.image_shape), num_classes=spec.num_classes,
-                                 class_names=tuple(spec.class_names) if spec.class_names else None,
+                                 image_shape=tuple(spec.image_shape),
+                                 class_names=tuple(spec.class_names or (str(i) for i in range(spec.num_classes))),
                                  image_feature=spec.image_feature, label_feature=spec.label_feature)
     pipeline = dag.create_pipeline(config, data, pipeline_root=pipeline_root, beam_args=config.beam_args,
                                    serving_dir=os.path.join(pipeline_root, "serving", config.model_name))

@@ -53,6 +53,7 @@ class Executor(base_executor.BaseExecutor):
         with strategy.scope():
             baseline = compile_fn(keras.models.load_model(data.keras_model_path(baseline_uri), compile=False))
         image_shape = cnn.image_shape_of(baseline)
+        class_names = signatures.class_names_of(path_utils.serving_model_dir(baseline_uri))
         stages = {"baseline": baseline}  # stage → Keras model, in order
         if prune:
             with strategy.scope():
@@ -82,7 +83,7 @@ class Executor(base_executor.BaseExecutor):
                 continue
             else:
                 export_dirs[stage] = os.path.join(run_dir, "savedmodel_" + stage)
-            signatures.export(model, tft_output, image_shape, export_dirs[stage])
+            signatures.export(model, tft_output, image_shape, class_names, export_dirs[stage])
         representative = np.concatenate([np.asarray(features["image"]) for features, _ in
                                          train.take(-(-REPRESENTATIVE_EXAMPLES // batch_size))])
         tflite_int8 = compression.to_tflite(stages[final], representative[:REPRESENTATIVE_EXAMPLES], sparse=prune)

@@ -12,7 +12,7 @@ def ImageExampleGen(input_base: str, input_pattern: str, data_config: dict, buck
     Args:
       input_base: the data folder (spans live in `span-N/` sub-folders).
       input_pattern: glob relative to input_base; `{SPAN}` selects the latest span.
-      data_config: format, image_shape, class_names, image_feature, label_feature.
+      data_config: format, image_shape, class_names, image_feature, label_feature, skip_bad_files.
       buckets: hash buckets of the train and eval splits (a deterministic split).
     """
     return FileBasedExampleGen(

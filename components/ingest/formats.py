@@ -1,11 +1,17 @@
 """Turning image files into canonical tf.Examples, and finding out what a data folder holds.
 
-Every example the pipeline sees downstream has the same two features, whatever came in:
-  image  int64 list of H*W*C pixel values in 0..255 (row-major, channels last)
-  label  int64 class index in 0..num_classes-1
+Every example the pipeline sees downstream has the same three features, whatever came in:
+  image       int64 list of H*W*C pixel values in 0..255 (row-major, channels last)
+  label       int64 class index in 0..num_classes-1
+  class_name  bytes, the label's name (the Evaluator slices on it)
+
+`probe` reads the whole latest span before anything runs and decides, out loud, what the data is:
+format, image shape, the class set, and what is left out. Every problem it finds is a DataError
+naming the file (and record) and the fix.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import gzip
 import io
@@ -20,6 +26,8 @@ from PIL import Image, UnidentifiedImageError
 
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
+CLASS_NAME_KEY = "class_name"
+MAX_LISTED = 10  # files or records named in one message
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfr", ".gz")
 _SPAN_DIR = re.compile(r"^span-(\d+)$")
@@ -32,11 +40,16 @@ class DataError(ValueError):
 Shape = Tuple[int, int, int]
 
 
-def to_example(pixels: np.ndarray, label: int) -> tf.train.Example:
-    return tf.train.Example(features=tf.train.Features(feature={
+def to_example(pixels: np.ndarray, label: int, class_names: Optional[Sequence[str]] = None) -> tf.train.Example:
+    """A canonical example; `class_names` adds the label's name."""
+    feature = {
         IMAGE_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=pixels.reshape(-1).tolist())),
         LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-    }))
+    }
+    if class_names is not None:
+        feature[CLASS_NAME_KEY] = tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[class_names[int(label)].encode()]))
+    return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
 def fit_image(image: Image.Image, shape: Shape) -> np.ndarray:
@@ -62,20 +75,18 @@ def _read(path: str) -> bytes:
     return gzip.decompress(data) if path.endswith(".gz") else data
 
 
-# ----------------------------------------------------------------------------- image folders
+# ----------------------------------------------------------------------------- reading one file or record
 def read_image_file(path: str, class_names: Sequence[str], shape: Shape) -> Iterator[Tuple[np.ndarray, int]]:
-    """One example from `<class>/<file>`; files that are not images are skipped."""
+    """One example from `<class>/<file>`; files that are not images (by extension) yield nothing."""
     if not path.lower().endswith(IMAGE_EXTENSIONS):
         return
     class_name = os.path.basename(os.path.dirname(path))
     if class_name not in class_names:
-        raise DataError(f"{path}: class folder '{class_name}' is not one of the known classes "
-                        f"{list(class_names)} (the latest span's folders). Remove it, or add the class to "
-                        "the latest span.")
-    yield decode_image(_read(path), shape, path), class_names.index(class_name)
+        raise DataError(f"{path}: class folder '{class_name}' is not one of the classes {list(class_names)} "
+                        "(the latest span's folders). Remove it, or add the class to the latest span.")
+    yield decode_image(_read(path), shape, path), list(class_names).index(class_name)
 
 
-# ----------------------------------------------------------------------------- IDX (MNIST format)
 def _idx_array(path: str, expected_dims: int) -> np.ndarray:
     data = _read(path)
     if len(data) < 4:
@@ -95,62 +106,79 @@ def idx_labels_path(images_path: str) -> str:
     return images_path.replace("images", "labels").replace("idx3", "idx1")
 
 
-def read_idx_file(images_path: str, shape: Shape) -> Iterator[Tuple[np.ndarray, int]]:
+def _idx_pair(images_path: str) -> Tuple[np.ndarray, np.ndarray]:
     labels_path = idx_labels_path(images_path)
     if not tf.io.gfile.exists(labels_path):
         raise DataError(f"{images_path}: no labels file {labels_path} beside it.")
     images, labels = _idx_array(images_path, 3), _idx_array(labels_path, 1)
     if len(images) != len(labels):
         raise DataError(f"{images_path} holds {len(images)} images but {labels_path} {len(labels)} labels.")
-    for pixels, label in zip(images, labels):
+    return images, labels
+
+
+def read_idx_file(images_path: str, shape: Shape, num_classes: int) -> Iterator[Tuple[np.ndarray, int]]:
+    images, labels = _idx_pair(images_path)
+    for index, (pixels, label) in enumerate(zip(images, labels)):
+        if not 0 <= label < num_classes:
+            raise DataError(f"{images_path} image {index}: label {label} is outside the classes 0..{num_classes - 1}.")
         if pixels.shape != shape[:2] or shape[2] != 1:
             pixels = fit_image(Image.fromarray(pixels), shape)
         yield pixels.reshape(shape), int(label)
 
 
-# ----------------------------------------------------------------------------- TFRecords of tf.Example
 def _is_encoded_image(data: bytes) -> bool:
     return data[:8] == b"\x89PNG\r\n\x1a\n" or data[:3] == b"\xff\xd8\xff"
 
 
-def parse_record(record: bytes, image_feature: str, label_feature: str, shape: Shape,
-                 class_names: Optional[Sequence[str]] = None) -> Tuple[np.ndarray, int]:
-    """Reads the image and label of one serialized tf.Example under any feature names."""
-    example = tf.train.Example.FromString(record)
+def _features(example: tf.train.Example, image_feature: str, label_feature: str, where: str):
     features = example.features.feature
-    for name in (image_feature, label_feature):
+    for name, flag in ((image_feature, "--image-feature"), (label_feature, "--label-feature")):
         if name not in features:
-            raise DataError(f"a tf.Example has no feature '{name}' (it has {sorted(features)}). "
-                            "Name the features with --image-feature and --label-feature.")
-    image, label = features[image_feature], features[label_feature]
+            raise DataError(f"{where}: no feature '{name}' (this record has {sorted(features)}). Fix or remove the "
+                            f"record; if no record has it, name the feature with {flag}.")
+    return features[image_feature], features[label_feature]
+
+
+def _label(label: tf.train.Feature, label_feature: str, where: str):
+    """The raw label of one record: an int, or a str for bytes labels."""
+    values = label.int64_list.value or label.bytes_list.value
+    if len(values) != 1:
+        raise DataError(f"{where}: feature '{label_feature}' holds {len(values)} values, not one class label "
+                        "(an integer index or a class name). Fix or remove the record.")
+    value = values[0]
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else int(value)
+
+
+def parse_record(record: bytes, image_feature: str, label_feature: str, shape: Shape,
+                 class_names: Sequence[str], where: str = "a record") -> Tuple[np.ndarray, int]:
+    """Reads the image and label (an index into `class_names`) of one serialized tf.Example."""
+    image, label = _features(tf.train.Example.FromString(record), image_feature, label_feature, where)
     size = int(np.prod(shape))
     if image.bytes_list.value:
         data = image.bytes_list.value[0]
         if _is_encoded_image(data):
-            pixels = decode_image(data, shape, f"feature '{image_feature}'")
+            pixels = decode_image(data, shape, f"{where}, feature '{image_feature}'")
         elif len(data) == size:
             pixels = np.frombuffer(data, dtype=np.uint8)
         else:
-            raise DataError(f"feature '{image_feature}' holds {len(data)} raw bytes, not the {size} of "
+            raise DataError(f"{where}: feature '{image_feature}' holds {len(data)} raw bytes, not the {size} of "
                             f"image shape {shape}. Pass the right --image-shape.")
     else:
         values = np.asarray(image.float_list.value or image.int64_list.value)
         if values.size != size:
-            raise DataError(f"feature '{image_feature}' holds {values.size} values, not the {size} of "
+            raise DataError(f"{where}: feature '{image_feature}' holds {values.size} values, not the {size} of "
                             f"image shape {shape}. Pass the right --image-shape.")
         if image.float_list.value and values.max(initial=0.0) <= 1.0:
             values = values * 255.0  # floats in [0, 1]
         pixels = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-    if label.int64_list.value:
-        label_value = int(label.int64_list.value[0])
-    elif label.bytes_list.value and class_names:
-        name = label.bytes_list.value[0].decode()
-        if name not in class_names:
-            raise DataError(f"label '{name}' is not one of the classes {list(class_names)}.")
-        label_value = list(class_names).index(name)
-    else:
-        raise DataError(f"feature '{label_feature}' must hold one integer class index.")
-    return pixels.reshape(shape), label_value
+    value = _label(label, label_feature, where)
+    if isinstance(value, str):
+        if value not in class_names:
+            raise DataError(f"{where}: label '{value}' is not one of the classes {list(class_names)}.")
+        value = list(class_names).index(value)
+    elif not 0 <= value < len(class_names):
+        raise DataError(f"{where}: label {value} is outside the classes 0..{len(class_names) - 1}.")
+    return pixels.reshape(shape), value
 
 
 # ----------------------------------------------------------------------------- probing a data folder
@@ -167,11 +195,9 @@ def _files(folder: str) -> List[str]:
     return sorted(p for p in tf.io.gfile.glob(os.path.join(folder, "*")) if not tf.io.gfile.isdir(p))
 
 
-def _class_dirs(folder: str) -> List[str]:
+def _subfolders(folder: str) -> List[str]:
     return sorted(name.rstrip("/") for name in tf.io.gfile.listdir(folder)
-                  if tf.io.gfile.isdir(os.path.join(folder, name))
-                  and any(f.lower().endswith(IMAGE_EXTENSIONS)
-                          for f in tf.io.gfile.listdir(os.path.join(folder, name))))
+                  if not name.startswith(".") and tf.io.gfile.isdir(os.path.join(folder, name)))
 
 
 def detect_format(folder: str) -> str:
@@ -180,7 +206,7 @@ def detect_format(folder: str) -> str:
         return "idx"
     if any(f.endswith(TFRECORD_EXTENSIONS) for f in files):
         return "tfrecord"
-    if _class_dirs(folder):
+    if _subfolders(folder):
         return "images"
     raise DataError(f"{folder}: found no data. Expected one sub-folder per class holding PNG/JPEG images, "
                     "MNIST-format IDX files (train-images-idx3-ubyte[.gz] and its labels), or TFRecord "
@@ -195,87 +221,255 @@ class DataFacts:
     format: str
     input_pattern: str  # relative to `path`; `{SPAN}` when spans exist
     image_shape: Shape
-    num_classes: int
-    class_names: Optional[Tuple[str, ...]] = None
+    class_names: Tuple[str, ...]  # index i is label i; integer labels without names are named by their digits
     image_feature: str = IMAGE_KEY  # TFRecords: the feature names in the user's records
     label_feature: str = LABEL_KEY
     span: int = 0  # the latest span's number (0: no span folders)
     num_files: int = 0  # in the latest span
     num_bytes: int = 0  # in the latest span
+    class_counts: Tuple[int, ...] = ()  # examples per class in the latest span (empty: not counted)
+    resized: int = 0  # images of another size or colour mode than image_shape, converted on the way in
+    skipped: Tuple[str, ...] = ()  # "file: why" for each file or record left out
+    decisions: Tuple[str, ...] = ()  # how the shape and the class set were decided
+    skip_bad_files: bool = False  # unreadable files and records are left out rather than an error
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
     def example_gen_config(self) -> dict:
         """The ExampleGen executor's custom_config: how to read the files."""
-        return {"format": self.format, "image_shape": list(self.image_shape),
-                "class_names": list(self.class_names) if self.class_names else None,
-                "image_feature": self.image_feature, "label_feature": self.label_feature}
+        return {"format": self.format, "image_shape": list(self.image_shape), "class_names": list(self.class_names),
+                "image_feature": self.image_feature, "label_feature": self.label_feature,
+                "skip_bad_files": self.skip_bad_files}
+
+    def describe(self) -> str:
+        """What was found and decided, for the user to read before training starts."""
+        height, width, channels = self.image_shape
+        lines = [f"data: {self.path} ({self.format}" + (f", span {self.span}" if self.span else "")
+                 + f", {self.num_files} files, {self.num_bytes / 2**20:.1f} MB)",
+                 f"  image shape {height}x{width}x{channels}" + (f"; {self.resized} images resized or converted to it"
+                                                                 if self.resized else "")]
+        if self.class_counts:
+            lines.append(f"  {self.num_classes} classes, {sum(self.class_counts)} examples: " + ", ".join(
+                f"{name} ({count})" for name, count in zip(self.class_names, self.class_counts)))
+        else:
+            lines.append(f"  {self.num_classes} classes: {', '.join(self.class_names)}")
+        lines += [f"  {d}" for d in self.decisions]
+        if self.skipped:
+            lines.append(f"  {len(self.skipped)} files or records left out:")
+            lines += [f"    {s}" for s in self.skipped[:MAX_LISTED]]
+            if len(self.skipped) > MAX_LISTED:
+                lines.append(f"    ... and {len(self.skipped) - MAX_LISTED} more")
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class _Scan:
+    """What one pass over the latest span found."""
+
+    files: List[str]
+    pattern: str
+    labels: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # raw label → count
+    first_seen: dict = dataclasses.field(default_factory=dict)  # raw label → where it first appears
+    shapes: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # (H, W, C) of images
+    sizes: dict = dataclasses.field(default_factory=dict)  # raw pixel values per record → where first seen
+    bad: List[str] = dataclasses.field(default_factory=list)  # "where: why" of unreadable files or records
+    skipped: List[str] = dataclasses.field(default_factory=list)  # "where: why" of files that are not data
+
+    def add(self, label, where: str) -> None:
+        self.labels[label] += 1
+        self.first_seen.setdefault(label, where)
+
+
+def _image_header(data_or_path) -> Shape:
+    """(H, W, C) from an image's header, without decoding it; C is 1 for grey modes, else 3."""
+    source = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else data_or_path
+    with Image.open(source) as image:
+        return image.height, image.width, 1 if image.mode in ("1", "L", "LA", "I", "I;16", "P") else 3
+
+
+def _scan_images(folder: str, prefix: str) -> _Scan:
+    scan = _Scan(files=[], pattern=prefix + "*/*")
+    scan.skipped += [f"{f}: not in a class folder" for f in _files(folder)
+                     if not os.path.basename(f).startswith(".")]
+    for name in _subfolders(folder):
+        files = [f for f in _files(os.path.join(folder, name)) if not os.path.basename(f).startswith(".")]
+        images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+        scan.skipped += [f"{f}: not an image file (PNG/JPEG/BMP/GIF by its extension)" for f in files
+                         if f not in images]
+        if not images:
+            raise DataError(f"class folder '{name}' ({os.path.join(folder, name)}) holds no images"
+                            + (f" (only {len(files)} other files)" if files else "")
+                            + ". Add its images, or remove the folder.")
+        scan.files += images
+        for path in images:
+            try:
+                scan.shapes[_image_header(path if "://" not in path else _read(path))] += 1
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                scan.bad.append(f"{path}: not a readable image ({e})")
+                continue
+            scan.add(name, path)
+    return scan
+
+
+def _scan_idx(folder: str, prefix: str) -> _Scan:
+    images = [f for f in _files(folder) if "idx3-ubyte" in f]
+    if not images:
+        raise DataError(f"{folder}: no IDX image files (*-images-idx3-ubyte[.gz]).")
+    scan = _Scan(files=images, pattern=prefix + "*idx3-ubyte*")
+    for path in images:
+        pixels, labels = _idx_pair(path)
+        scan.shapes[(*pixels.shape[1:], 1)] += len(pixels)
+        for index, label in enumerate(labels.tolist()):
+            scan.add(label, f"{path} image {index}")
+    return scan
+
+
+def _scan_tfrecords(folder: str, prefix: str, image_feature: str, label_feature: str) -> _Scan:
+    files = [f for f in _files(folder) if f.endswith(TFRECORD_EXTENSIONS)]
+    if not files:
+        raise DataError(f"{folder}: no TFRecord files (*.tfrecord, *.tfrecords, *.gz).")
+    scan = _Scan(files=files, pattern=prefix + "*")
+    for path in files:
+        records = tf.data.TFRecordDataset(path, compression_type="GZIP" if path.endswith(".gz") else "")
+        try:
+            for index, record in enumerate(records.as_numpy_iterator()):
+                where = f"{path} record {index}"
+                try:
+                    image, label = _features(tf.train.Example.FromString(record), image_feature, label_feature, where)
+                    data = image.bytes_list.value[0] if image.bytes_list.value else None
+                    if data is not None and _is_encoded_image(data):
+                        scan.shapes[_image_header(data)] += 1
+                    else:
+                        scan.sizes.setdefault(len(data) if data is not None else
+                                              len(image.float_list.value or image.int64_list.value), where)
+                    scan.add(_label(label, label_feature, where), where)
+                except (DataError, UnidentifiedImageError, OSError, SyntaxError) as e:
+                    scan.bad.append(str(e) if isinstance(e, DataError) else f"{where}: not a readable image ({e})")
+        except tf.errors.DataLossError as e:
+            scan.bad.append(f"{path}: not a complete TFRecord file ({e.message.splitlines()[0]})")
+    return scan
+
+
+def _decide_shape(scan: _Scan, stated: Optional[Shape], fmt: str) -> Tuple[Shape, int, List[str]]:
+    """(shape, how many images differ from it, what was decided)."""
+    if not scan.shapes and not scan.sizes:
+        raise DataError("found no readable images or records in the latest span.")
+    if stated is not None:  # raw pixels cannot be resized: their count must fit
+        wrong = {size: where for size, where in scan.sizes.items() if size != int(np.prod(stated))}
+        if wrong:
+            size, where = next(iter(wrong.items()))
+            raise DataError(f"{where}: {size} raw pixel values, not the {int(np.prod(stated))} of --image-shape "
+                            f"{'x'.join(map(str, stated))} (raw pixels cannot be resized). Fix the record or the shape.")
+    elif scan.sizes:  # raw pixel values: the shape comes from their count
+        if len(scan.sizes) > 1 or scan.shapes:
+            raise DataError(f"the records hold raw images of {len(scan.sizes)} sizes ({sorted(scan.sizes)[:MAX_LISTED]} "
+                            "values)" + (" and encoded images" if scan.shapes else "") + "; raw pixels cannot be "
+                            "resized. Pass --image-shape H,W,C and fix the records that do not fit it.")
+        size = next(iter(scan.sizes))
+        for channels in (1, 3):
+            side = int(round(np.sqrt(size / channels)))
+            if side * side * channels == size:
+                return (side, side, channels), 0, [
+                    f"image shape {side}x{side}x{channels} inferred from {size} raw values per image (a square "
+                    f"{'grey' if channels == 1 else 'RGB'} image); pass --image-shape H,W,C if that is wrong"]
+        raise DataError(f"the records hold {size} raw values per image, which is not a square grey or RGB image. "
+                        "Pass --image-shape H,W,C.")
+    if stated is not None:
+        differ = sum(scan.shapes.values()) - scan.shapes.get(stated, 0)
+        return stated, differ, [f"image shape {'x'.join(map(str, stated))} from --image-shape"]
+    (shape, count), total = scan.shapes.most_common(1)[0], sum(scan.shapes.values())
+    differ = total - count
+    if len(scan.shapes) == 1:
+        return shape, 0, [f"image shape {'x'.join(map(str, shape))}: every image has it"]
+    return shape, differ, [f"image shape {'x'.join(map(str, shape))}: the most common of {len(scan.shapes)} sizes "
+                           f"({count} of {total} images); pass --image-shape H,W,C to choose another"]
+
+
+def _decide_classes(scan: _Scan, spec, fmt: str) -> Tuple[Tuple[str, ...], Tuple[int, ...], List[str]]:
+    """(class names, examples per class, what was decided); a label outside the class set is a DataError."""
+    observed, decisions = scan.labels, []
+    if fmt == "images" or all(isinstance(k, str) for k in observed):
+        found = sorted(observed) if fmt != "images" else sorted(
+            {os.path.basename(os.path.dirname(f)) for f in scan.files})
+        names = list(spec.class_names or found)
+        strays = sorted(set(observed) - set(names))
+        if strays:
+            raise DataError(f"labels {strays} (first: {scan.first_seen[strays[0]]}) are not among --class-names "
+                            f"{names}. Add them to --class-names, or fix or remove those examples.")
+        if spec.num_classes is not None and spec.num_classes != len(names):
+            raise DataError(f"--num-classes {spec.num_classes} but the data has {len(names)} classes {names}.")
+        decisions.append(f"classes from {'--class-names' if spec.class_names else 'the folder names' if fmt == 'images' else 'the label names (sorted)'}")
+        return tuple(names), tuple(observed.get(n, 0) for n in names), decisions
+    if any(isinstance(k, str) for k in observed):
+        raise DataError(f"the labels mix integers and names (e.g. {scan.first_seen[next(k for k in observed if isinstance(k, str))]}). "
+                        "Use one kind in every record.")
+    if spec.class_names and spec.num_classes is not None and len(spec.class_names) != spec.num_classes:
+        raise DataError(f"--num-classes {spec.num_classes} but {len(spec.class_names)} --class-names.")
+    if spec.class_names or spec.num_classes is not None:
+        count = len(spec.class_names) if spec.class_names else spec.num_classes
+        decisions.append(f"{count} classes from {'--class-names' if spec.class_names else '--num-classes'}")
+    else:
+        count = max(observed) + 1
+        if sorted(observed) != list(range(count)):
+            missing = [i for i in range(count) if i not in observed]
+            raise DataError(
+                f"the integer labels are not contiguous from 0: found {len(observed)} distinct labels in "
+                f"0..{count - 1}, {len(missing)} missing ({missing[:MAX_LISTED]}); the rarest: " + ", ".join(
+                    f"{k} ({observed[k]} examples, first: {scan.first_seen[k]})" for k in sorted(observed, key=observed.get)[:3])
+                + ". Pass --num-classes N (every label must be in 0..N-1) or --class-names, or fix the stray labels.")
+        decisions.append(f"{count} classes inferred from the integer labels 0..{count - 1} (contiguous); "
+                         "pass --class-names to name them")
+    outside = sorted(k for k in observed if not 0 <= k < count)
+    if outside:
+        raise DataError(f"label {outside[0]} ({observed[outside[0]]} examples, first: {scan.first_seen[outside[0]]})"
+                        + (f" and {len(outside) - 1} more labels" if len(outside) > 1 else "")
+                        + f" outside the {count} classes 0..{count - 1}. Fix or remove those examples, or pass "
+                          "the right --num-classes / --class-names.")
+    names = tuple(spec.class_names) if spec.class_names else tuple(str(i) for i in range(count))
+    return names, tuple(observed.get(i, 0) for i in range(count)), decisions
 
 
 def probe(spec) -> DataFacts:
-    """Finds out what `spec`'s data (a pipeline.config.DataSpec) holds; what the spec states wins."""
+    """Reads the latest span of `spec`'s data (a pipeline.config.DataSpec) and decides what it is;
+    what the spec states wins. Raises DataError for every problem, naming the file or record."""
     if not tf.io.gfile.isdir(spec.path):
         raise DataError(f"--data {spec.path}: no such folder.")
     prefix, folder, span = _latest_span(spec.path)
     fmt = detect_format(folder) if spec.format == "auto" else spec.format
-    shape, num_classes, class_names = spec.image_shape, spec.num_classes, spec.class_names
     if fmt == "images":
-        classes = _class_dirs(folder)
-        if not classes:
-            raise DataError(f"{folder}: no images found. Expected one sub-folder per class holding "
-                            "PNG/JPEG files.")
-        class_names = class_names or classes
-        pattern = prefix + "*/*"
-        files = [f for c in classes for f in _files(os.path.join(folder, c))]
-        if shape is None:
-            first = next(f for f in _files(os.path.join(folder, classes[0]))
-                         if f.lower().endswith(IMAGE_EXTENSIONS))
-            with Image.open(io.BytesIO(_read(first))) as image:
-                channels = 1 if image.mode in ("1", "L", "LA", "I", "I;16", "P") else 3
-                shape = (image.height, image.width, channels)
-        num_classes = num_classes or len(class_names)
+        scan = _scan_images(folder, prefix)
     elif fmt == "idx":
-        images = [f for f in _files(folder) if "idx3-ubyte" in f]
-        if not images:
-            raise DataError(f"{folder}: no IDX image files (*-images-idx3-ubyte[.gz]).")
-        pattern = prefix + "*idx3-ubyte*"
-        files = images
-        if shape is None:
-            shape = (*_idx_array(images[0], 3).shape[1:], 1)
-        if num_classes is None:
-            num_classes = int(max(_idx_array(idx_labels_path(f), 1).max() for f in images)) + 1
+        scan = _scan_idx(folder, prefix)
     elif fmt == "tfrecord":
-        files = [f for f in _files(folder) if f.endswith(TFRECORD_EXTENSIONS)]
-        if not files:
-            raise DataError(f"{folder}: no TFRecord files (*.tfrecord, *.tfrecords, *.gz).")
-        pattern = prefix + "*"
-        compression = "GZIP" if files[0].endswith(".gz") else ""
-        records = tf.data.TFRecordDataset(files, compression_type=compression)
-        if shape is None:
-            first = tf.train.Example.FromString(next(iter(records)).numpy())
-            feature = first.features.feature.get(spec.image_feature)
-            data = feature.bytes_list.value[0] if feature is not None and feature.bytes_list.value else b""
-            if not _is_encoded_image(data):
-                raise DataError(f"{folder}: feature '{spec.image_feature}' is not an encoded PNG/JPEG, so the "
-                                "image shape cannot be read from it. Pass --image-shape H,W,C.")
-            with Image.open(io.BytesIO(data)) as image:
-                shape = (image.height, image.width, 1 if image.mode in ("1", "L", "LA") else 3)
-        if num_classes is None:
-            labels = [parse_record(r.numpy(), spec.image_feature, spec.label_feature,
-                                   tuple(shape), class_names)[1] for r in records]
-            if not labels:
-                raise DataError(f"{folder}: the TFRecord files hold no examples.")
-            num_classes = max(labels) + 1
+        scan = _scan_tfrecords(folder, prefix, spec.image_feature, spec.label_feature)
     else:
         raise DataError(f"--format {fmt}: unknown; use auto, images, idx or tfrecord.")
-    if num_classes < 2:
-        raise DataError(f"{spec.path}: found {num_classes} class; a classifier needs at least 2.")
-    return DataFacts(path=spec.path, format=fmt, input_pattern=spec.input_pattern or pattern,
-                     image_shape=tuple(int(d) for d in shape), num_classes=int(num_classes),
-                     class_names=tuple(class_names) if class_names else None,
-                     image_feature=spec.image_feature, label_feature=spec.label_feature, span=span, num_files=len(files),
-                     num_bytes=sum(tf.io.gfile.stat(f).length for f in files))
+    decisions = []
+    if scan.bad:
+        listed = "\n  ".join(scan.bad[:MAX_LISTED]) + (
+            f"\n  ... and {len(scan.bad) - MAX_LISTED} more" if len(scan.bad) > MAX_LISTED else "")
+        if not spec.skip_bad_files:
+            raise DataError(f"{len(scan.bad)} unreadable files or records in {folder}:\n  {listed}\n"
+                            "Fix or remove them, or pass --skip-bad-files to leave them out.")
+        decisions.append(f"{len(scan.bad)} unreadable files or records left out (--skip-bad-files)")
+    shape, resized, why = _decide_shape(scan, tuple(spec.image_shape) if spec.image_shape else None, fmt)
+    class_names, counts, how = _decide_classes(scan, spec, fmt)
+    if len(class_names) < 2:
+        raise DataError(f"{spec.path}: found {len(class_names)} class; a classifier needs at least 2.")
+    empty = [n for n, c in zip(class_names, counts) if c == 0]
+    if empty:
+        decisions.append(f"no examples of class{'es' if len(empty) > 1 else ''} {', '.join(empty)} in this span")
+    return DataFacts(path=spec.path, format=fmt, input_pattern=spec.input_pattern or scan.pattern,
+                     image_shape=tuple(int(d) for d in shape), class_names=class_names,
+                     image_feature=spec.image_feature, label_feature=spec.label_feature, span=span,
+                     num_files=len(scan.files), num_bytes=sum(tf.io.gfile.stat(f).length for f in scan.files),
+                     class_counts=counts, resized=resized, skipped=tuple(scan.skipped + scan.bad),
+                     decisions=tuple(why + how + decisions), skip_bad_files=spec.skip_bad_files)
 
 
-DIGITS_SHAPE, DIGITS_CLASSES = (8, 8, 1), 10  # what write_digits writes
+DIGITS_SHAPE, DIGITS_CLASSES = (8, 8, 1), tuple(str(d) for d in range(10))  # what write_digits writes
 
 
 def write_digits(folder: str, span: int = 1, seed: Optional[int] = None) -> str:

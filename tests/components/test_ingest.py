@@ -1,4 +1,5 @@
 """Ingestion from each format through the real ExampleGen PTransform (Beam, in process)."""
+import dataclasses
 import gzip
 import io
 import os
@@ -61,18 +62,61 @@ def test_image_folder_any_size_and_colour_is_resized(tmp_path):
     spec = DataSpec(path=str(tmp_path), image_shape=(16, 16, 1))
     spec = formats.probe(spec)
     assert spec.format == "images" and spec.class_names == ("cat", "dog") and spec.num_classes == 2
+    assert spec.class_counts == (3, 2) and spec.resized == 5
+    assert any("notes.txt: not an image file" in s for s in spec.skipped)
+    assert "notes.txt" in spec.describe() and "cat (3), dog (2)" in spec.describe()
     pairs = _examples(spec)
     assert sorted(label for _, label in pairs) == [0, 0, 0, 1, 1]
     assert all(p.shape == (256,) for p, _ in pairs)
 
 
-def test_image_folder_shape_follows_the_first_image(tmp_path):
+def test_image_folder_shape_is_the_most_common_not_the_first(tmp_path):
     for cls in ("a", "b"):
         (tmp_path / cls).mkdir()
-        (tmp_path / cls / "x.png").write_bytes(_png(np.zeros((12, 10, 3), np.uint8)))
-    spec = DataSpec(path=str(tmp_path))
-    spec = formats.probe(spec)
-    assert spec.image_shape == (12, 10, 3)
+        for i in range(3):
+            (tmp_path / cls / f"x{i}.png").write_bytes(_png(np.zeros((12, 10, 3), np.uint8)))
+    (tmp_path / "a" / "0_odd.png").write_bytes(_png(np.zeros((700, 3), np.uint8)))  # sorts first
+    spec = formats.probe(DataSpec(path=str(tmp_path)))
+    assert spec.image_shape == (12, 10, 3) and spec.resized == 1
+    assert "the most common of 2 sizes (6 of 7 images)" in spec.describe()
+    assert "1 images resized or converted" in spec.describe()
+
+
+def _records(path, labels, drop_label_at=None):
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for i, label in enumerate(labels):
+            feature = {"image": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 256] * 16))}
+            if i != drop_label_at:
+                feature["label"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+
+
+def test_stray_label_stops_the_run_with_or_without_num_classes(tmp_path):
+    labels = [i % 10 for i in range(50)]
+    labels[17] = 42
+    _records(tmp_path / "part-0.tfrecord", labels)
+    with pytest.raises(formats.DataError, match=r"(?s)not contiguous from 0.*42 \(1 examples, first: .*part-0\.tfrecord "
+                                                r"record 17\).*--num-classes"):
+        formats.probe(DataSpec(path=str(tmp_path)))
+    with pytest.raises(formats.DataError, match=r"label 42 \(1 examples, first: .*part-0\.tfrecord record 17\) "
+                                                r"outside the 10 classes 0\.\.9"):
+        formats.probe(DataSpec(path=str(tmp_path), num_classes=10))
+    labels[17] = 3
+    _records(tmp_path / "part-0.tfrecord", labels)
+    facts = formats.probe(DataSpec(path=str(tmp_path)))
+    assert facts.class_names == tuple("0123456789") and facts.image_shape == (4, 4, 1)
+    assert "10 classes inferred from the integer labels 0..9 (contiguous)" in facts.describe()
+    assert "inferred from 16 raw values per image" in facts.describe()
+
+
+def test_missing_label_in_one_record_names_the_file_and_record(tmp_path):
+    _records(tmp_path / "part-3.tfrecord", [i % 2 for i in range(20)], drop_label_at=5)
+    with pytest.raises(formats.DataError, match=r"part-3\.tfrecord record 5: no feature 'label' \(this record has "
+                                                r"\['image'\]\)"):
+        formats.probe(DataSpec(path=str(tmp_path)))
+    facts = formats.probe(DataSpec(path=str(tmp_path), skip_bad_files=True))
+    assert sum(facts.class_counts) == 19 and len(facts.skipped) == 1
+    assert len(_examples(facts)) == 19  # ExampleGen leaves out the same record
 
 
 def _write_idx(folder, images, labels, gz=True):
@@ -120,15 +164,28 @@ def test_tfrecords_with_other_feature_names_and_encodings(tmp_path):
         np.testing.assert_array_equal(got, want.reshape(-1))
 
 
-def test_corrupt_image_names_the_file(tmp_path):
+def test_corrupt_images_are_listed_or_left_out(tmp_path):
     for cls in ("a", "b"):
         (tmp_path / cls).mkdir()
         (tmp_path / cls / "ok.png").write_bytes(_png(np.zeros((8, 8), np.uint8)))
     (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    spec = DataSpec(path=str(tmp_path))
-    spec = formats.probe(spec)
-    with pytest.raises(Exception, match=r"broken\.png: not a readable PNG/JPEG image"):
-        _examples(spec)
+    with pytest.raises(formats.DataError, match=r"(?s)1 unreadable files.*broken\.png: not a readable image.*"
+                                                r"--skip-bad-files"):
+        formats.probe(DataSpec(path=str(tmp_path)))
+    facts = formats.probe(DataSpec(path=str(tmp_path), skip_bad_files=True))
+    assert facts.class_counts == (1, 1) and "broken.png" in facts.describe()
+    assert len(_examples(facts)) == 2
+
+
+def test_image_whose_header_reads_but_body_does_not_names_the_file_in_example_gen(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / "ok.png").write_bytes(_png(np.full((8, 8), 9, np.uint8)))
+    (tmp_path / "b" / "cut.png").write_bytes(_png(np.arange(64, dtype=np.uint8).reshape(8, 8))[:-30])
+    facts = formats.probe(DataSpec(path=str(tmp_path)))  # the header is fine
+    with pytest.raises(Exception, match=r"cut\.png: not a readable PNG/JPEG image"):
+        _examples(facts)
+    assert len(_examples(dataclasses.replace(facts, skip_bad_files=True))) == 2
 
 
 @pytest.mark.parametrize("make", ["empty", "empty_classes", "missing"])
@@ -139,7 +196,9 @@ def test_empty_or_missing_folder_is_a_clear_error(tmp_path, make):
     if make == "empty_classes":
         (path / "a").mkdir()
         (path / "b").mkdir()
-    with pytest.raises(formats.DataError, match="no such folder" if make == "missing" else "found no data"):
+    match = {"missing": "no such folder", "empty": "found no data",
+             "empty_classes": r"class folder 'a' \(.*/a\) holds no images\. Add its images, or remove the folder"}
+    with pytest.raises(formats.DataError, match=match[make]):
         formats.probe(DataSpec(path=str(path)))
 
 
@@ -148,4 +207,4 @@ def test_raw_bytes_of_the_wrong_size_name_the_shape(tmp_path):
         "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"\x00" * 10])),
         "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[0]))}))
     with pytest.raises(formats.DataError, match=r"10 raw bytes, not the 64 of image shape \(8, 8, 1\)"):
-        formats.parse_record(example.SerializeToString(), "image", "label", (8, 8, 1))
+        formats.parse_record(example.SerializeToString(), "image", "label", (8, 8, 1), ["0", "1"])

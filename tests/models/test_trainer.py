@@ -49,7 +49,7 @@ def peak_rss_mb(first_run, tmp_path, copies: int) -> float:
     for split in ("train", "eval"):
         write_split(tf.io.gfile.glob(os.path.join(transformed, f"Split-{split}", "*")),
                     str(examples / f"Split-{split}"), copies if split == "train" else 1)
-    config = json.dumps(e2e_config(output).trainer_config((8, 8, 1), 10))
+    config = json.dumps(e2e_config(output).trainer_config((8, 8, 1), [str(i) for i in range(10)]))
     proc = subprocess.run([sys.executable, "-c", RUN_FN, str(examples), result.uri("Transform", "transform_graph"),
                            str(tmp_path / f"out_{copies}"), config], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))

@@ -10,7 +10,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COMPONENTS = {"FileBasedExampleGen", "StatisticsGen", "ConfigSchemaGen", "ExampleValidator", "DataGate", "Compressor",
-              "Transform", "Trainer", "Evaluator", "CompressionGate", "Pusher"}
+              "Transform", "Trainer", "Evaluator", "QualityGate", "Pusher"}
 
 
 def cli(*args, timeout=300):
@@ -46,7 +46,12 @@ def test_compile_remote_data_needs_its_shape(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["run", "--image-shape", "8,8"], "is not H,W,C"),
-    (["run", "--target-sparsity", "1.5"], "is not in [0, 1)"),
+    (["run", "--target-sparsity", "1.5"], "'1.5' is not a number in [0, 1)"),
+    (["run", "--min-accuracy", "2"], "'2' is not a number in [0, 1]"),
+    (["run", "--epochs", "abc"], "'abc' is not an integer in [1, ∞)"),
+    (["run", "--learning-rate", "0"], "'0' is not a number in (0, ∞)"),
+    (["run", "--class-names", "a,a"], "is not two or more distinct"),
+    (["run", "--bogus"], "usage: python -m pipeline run"),
     (["run", "--format", "csv"], "invalid choice"),
     (["compile", "--image", "x"], "required"),
     (["frobnicate"], "invalid choice"),
@@ -56,6 +61,15 @@ def test_bad_usage_exits_2_with_a_message(args, message):
     proc = cli(*args, timeout=60)
     assert proc.returncode == 2
     assert message in proc.stderr
+    assert "_positive" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_shows_the_settings_defaults():
+    from pipeline.config import Compression, HParams, Thresholds
+
+    text = " ".join(cli("run", "--help", timeout=60).stdout.split())
+    assert f"(default {HParams.epochs})" in text and f"(default {Compression.target_sparsity})" in text
+    assert f"(default {Thresholds.min_class_accuracy})" in text and "--min-slice-examples" in text
 
 
 def test_report_without_runs_exits_2(tmp_path):
@@ -69,8 +83,7 @@ def test_missing_data_folder_exits_2(tmp_path):
     assert "no such folder" in proc.stderr
 
 
-@pytest.mark.e2e
-def test_label_outside_the_classes_stops_the_run_before_training(tmp_path):
+def test_label_outside_the_classes_stops_the_run_before_anything_runs(tmp_path):
     import numpy as np
 
     from components.ingest.formats import to_example
@@ -84,9 +97,9 @@ def test_label_outside_the_classes_stops_the_run_before_training(tmp_path):
             label = 7 if i == 13 else i % 3  # one label outside the 3 known classes
             writer.write(to_example(rng.integers(0, 255, size=(8, 8, 1)), label).SerializeToString())
     out = tmp_path / "out"
-    proc = cli("run", "--data", str(data), "--image-shape", "8,8,1", "--num-classes", "3", "--output", str(out),
-               "--beam-arg=--direct_running_mode=in_memory", timeout=600)
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    assert "feature 'label'" in proc.stderr and "nothing was trained or pushed" in proc.stderr
-    assert not (out / "pipeline_root" / "Trainer").exists()
-    assert not (out / "serving").exists()
+    proc = cli("run", "--data", str(data), "--num-classes", "3", "--output", str(out), timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "label 7 (1 examples, first: " in proc.stderr and "part.tfrecord record 13) outside the 3 classes 0..2" \
+        in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 3, proc.stderr
+    assert not (out / "pipeline_root").exists() and not (out / "serving").exists()

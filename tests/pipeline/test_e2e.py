@@ -100,7 +100,7 @@ def test_unchanged_rerun_hits_the_cache(first_run):
     # The first rerun's Evaluator has a new input (the model just blessed is now the baseline);
     # a second unchanged rerun reuses everything.
     result = runners.run_local(make_config(output))
-    states = {c.name: c.state for c in result.components if c.name != "latest_blessed_model_resolver"}
+    states = {c.name: c.state for c in result.components if c.name != "latest_pushed_model_resolver"}
     assert set(states.values()) == {"CACHED"}, states
 
 
@@ -120,7 +120,7 @@ def test_changing_target_sparsity_reruns_the_compressor_not_the_trainer(first_ru
     result = runners.run_local(make_config(output, target_sparsity=0.5))
     states = {c.name: c.state for c in result.components}
     assert states["Trainer"] == states["Transform"] == "CACHED", states
-    for name in ("Compressor", "Evaluator", "CompressionGate", "Canary", "Pusher"):
+    for name in ("Compressor", "Evaluator", "QualityGate", "Canary", "Pusher"):
         assert states[name] == "COMPLETE", states
     assert result.compression_report.target_sparsity == 0.5
     assert abs(result.compression_report.stages["pqat"].sparsity - 0.5) < 0.01
@@ -131,7 +131,7 @@ def test_changing_target_sparsity_reruns_the_compressor_not_the_trainer(first_ru
 def test_same_seed_gives_the_same_metrics_for_every_stage(first_run, tmp_path):
     _, first = first_run
     again = runners.run_local(make_config(tmp_path))
-    assert {c.state for c in again.components if c.name != "latest_blessed_model_resolver"} == {"COMPLETE"}
+    assert {c.state for c in again.components if c.name != "latest_pushed_model_resolver"} == {"COMPLETE"}
     for stage, metrics in first.compression_report.stages.items():
         assert again.compression_report.stages[stage].accuracy == metrics.accuracy, stage
         assert again.compression_report.stages[stage].sparsity == metrics.sparsity, stage
@@ -162,7 +162,7 @@ def test_second_span_warm_starts_and_is_compared_with_the_latest_blessed_model(f
     connection.sqlite.filename_uri = os.path.join(output, "metadata.sqlite")
     store = metadata_store.MetadataStore(connection)
     gate_blessings = sorted((a for a in store.get_artifacts_by_type("ModelBlessing")
-                             if "/CompressionGate/" in a.uri), key=lambda a: a.id)
+                             if "/QualityGate/" in a.uri), key=lambda a: a.id)
     latest, earlier = gate_blessings[-1], gate_blessings[:-1]
     last_blessed = [a for a in earlier if a.custom_properties["blessed"].int_value == 1][-1]
     # The Evaluator compared the new compressed model with the latest blessed (compressed) model.
