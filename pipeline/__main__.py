@@ -177,8 +177,8 @@ class _Progress(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if record.levelno >= logging.ERROR:
-            return True
+        if record.levelno >= logging.ERROR:  # the CLI ends with the error itself; -v shows TFX's own report
+            return False
         if message.startswith("Component ") and message.endswith(" is running."):
             name = message.split()[1]
             self.started[name] = time.time()
@@ -211,6 +211,8 @@ def _quiet(verbose: bool) -> None:
         for name in ("pipeline", "models", "components"):
             logging.getLogger(name).setLevel(logging.INFO)
         absl.logging.get_absl_logger().addFilter(_Progress())
+        for handler in logging.getLogger().handlers:  # other libraries' errors (Beam's, with tracebacks) too
+            handler.addFilter(lambda record: record.levelno < logging.ERROR)
 
 
 def _print_summary(result, config) -> None:

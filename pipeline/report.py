@@ -14,7 +14,7 @@ from typing import List
 
 from components.compressor.report import MODEL_STAGES, PLOT
 from pipeline import dag
-from pipeline.runners import RunResult, latest_run
+from pipeline.runners import DATA_FACTS, RunResult, latest_run
 
 
 
@@ -33,37 +33,47 @@ def _table(header: List[str], rows: List[list], css: str = "") -> str:
     return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def data_section(result: RunResult) -> str:
-    """Per split: example count and the label distribution (from StatisticsGen's statistics)."""
+def data_section(result: RunResult, report_dir: str) -> str:
+    """What the probe found and decided, then per split: example count and examples per class
+    (from StatisticsGen's statistics of the class_name feature)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import tensorflow_data_validation as tfdv
 
+    facts = ""
+    if os.path.exists(os.path.join(report_dir, DATA_FACTS)):
+        with open(os.path.join(report_dir, DATA_FACTS)) as f:
+            facts = f'<pre id="data-facts">{html.escape(f.read())}</pre>'
     uri = result.uri("StatisticsGen", "statistics")
     if uri is None:
-        return "<p>No statistics (StatisticsGen did not run).</p>"
-    rows, fig, ax = [], *plt.subplots(figsize=(6, 3))
+        return facts + "<p>No statistics (StatisticsGen did not run).</p>"
+    rows, counts = [], {}
     for split in sorted(os.listdir(uri)):
         stats = tfdv.load_stats_binary(os.path.join(uri, split, "FeatureStats.pb")).datasets[0]
         name = split.replace("Split-", "")
         features = {f.path.step[0]: f for f in stats.features}
-        label, image = features.get("label"), features.get("image")
+        image, classes = features.get("image"), features.get("class_name")
         rows.append([name, stats.num_examples,
-                     f"{label.num_stats.min:.0f}..{label.num_stats.max:.0f}" if label else "missing",
                      f"{image.num_stats.mean:.1f}" if image else "missing",
                      f"{image.num_stats.common_stats.avg_num_values:.0f}" if image else "missing"])
-        if label is not None:
-            buckets = [b for h in label.num_stats.histograms if h.type == h.STANDARD for b in h.buckets]
-            ax.bar([f"{b.low_value:.1f}-{b.high_value:.1f}" for b in buckets], [b.sample_count for b in buckets],
-                   alpha=0.6, label=name)
-            ax.tick_params(axis="x", labelsize=6, rotation=45)
-    ax.set_title("label distribution (StatisticsGen histogram buckets)")
+        if classes is not None:
+            counts[name] = {b.label: b.sample_count for b in classes.string_stats.rank_histogram.buckets}
+    names = sorted({n for split in counts.values() for n in split})
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names)), 3.2))
+    width = 0.8 / max(1, len(counts))
+    for i, (split, by_name) in enumerate(sorted(counts.items())):
+        ax.bar([j + i * width for j in range(len(names))], [by_name.get(n, 0) for n in names], width, label=split)
+    ax.set_xticks([j + width * (len(counts) - 1) / 2 for j in range(len(names))])
+    ax.set_xticklabels(names, rotation=45 if max(map(len, names), default=0) > 3 else 0, ha="right")
+    ax.set_xlabel("class")
+    ax.set_ylabel("examples")
+    ax.set_title("examples per class and split")
     ax.legend()
     fig.tight_layout()
-    return (_table(["split", "examples", "label range", "mean pixel", "pixels per image"], rows) +
-            f'<img id="label-plot" alt="label distribution" src="{_png(fig)}">')
+    return (facts + _table(["split", "examples", "mean pixel", "pixels per image"], rows) +
+            f'<img id="label-plot" alt="examples per class" src="{_png(fig)}">')
 
 
 def anomalies_section(result: RunResult) -> str:
@@ -163,39 +173,49 @@ def compression_section(result: RunResult) -> str:
 
 
 def evaluation_section(result: RunResult) -> str:
-    import tensorflow_model_analysis as tfma
+    """Accuracy overall and per class, against the served model, with the gate's failing checks marked."""
+    from components.gates import slice_metrics
 
     uri = result.uri(dag.EVALUATOR, "evaluation")
     if uri is None:
         return "<p>The Evaluator did not run.</p>"
-    overall, per_class = [], []
-    for metrics in tfma.load_metrics(uri):
-        values = {kv.key.name: kv.value.double_value.value for kv in metrics.metric_keys_and_values
-                  if not kv.key.is_diff and kv.key.model_name in ("", "candidate")}
-        keys = [(s.column, s.int64_value) for s in metrics.slice_key.single_slice_keys]
-        accuracy = values.get("sparse_categorical_accuracy")
-        count = values.get("example_count")
-        if not keys:
-            overall.append(["all", f"{accuracy:.4f}" if accuracy is not None else "?", f"{count:.0f}" if count else "?"])
-        else:
-            per_class.append([keys[0][1], f"{accuracy:.4f}" if accuracy is not None else "?",
-                              f"{count:.0f}" if count else "?"])
-    per_class.sort()
-    validation = tfma.load_validation_result(uri)
     gate = result.artifacts.get((dag.GATE, "blessing"))
-    baseline = (gate.custom_properties["baseline_model"].string_value
-                if gate is not None and "baseline_model" in gate.custom_properties else "")
-    decision = ("blessed" if validation.validation_ok else "NOT blessed") + " by the Evaluator"
-    return (f'<p class="{"ok" if validation.validation_ok else "bad"}">{decision}; compared with baseline: '
-            f'{html.escape(baseline) or "none (first blessed model)"}</p>' +
-            _table(["slice", "accuracy", "examples"], overall, "overall") +
-            "<h3>Per class</h3>" + _table(["label", "accuracy", "examples"], per_class, "per-class"))
+
+    def prop(name):
+        return gate.custom_properties[name].string_value if gate is not None and name in gate.custom_properties else ""
+
+    checks = [c for c in prop("checks").splitlines() if c]
+    failing_slices = {c.split(":", 1)[0] for c in checks if "[not judged" not in c}
+    rows, classes = [], []
+    for name, m in slice_metrics(uri).items():
+        served = m["served_accuracy"]
+        row = [name, f"{m['accuracy']:.4f}" if m["accuracy"] is not None else "?",
+               f"{served:.4f}" if served is not None else "-",
+               f"{m['accuracy'] - served:+.4f}" if served is not None and m["accuracy"] is not None else "-",
+               m["examples"]]
+        (rows if name == "overall" else classes).append((row, name in failing_slices))
+
+    def table(entries, css):
+        head = "".join(f"<th>{h}</th>" for h in ("slice", "accuracy", "served model", "change", "examples"))
+        body = "".join(f'<tr class="{"fail" if failing else ""}">' + "".join(
+            f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row, failing in entries)
+        return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+    blessed = gate is not None and gate.custom_properties["blessed"].int_value == 1
+    verdict = (f'<p class="{"ok" if blessed else "bad"}">{"Blessed" if blessed else "NOT blessed"} by the '
+               f'QualityGate; compared with the served model: {html.escape(prop("baseline_model")) or "none (first push)"}</p>')
+    listed = ('<ul class="checks">' + "".join(
+        f'<li class="{"bad" if "[not judged" not in c else ""}">{html.escape(c)}</li>' for c in checks) + "</ul>"
+              if checks else "")
+    return verdict + listed + table(rows, "overall") + "<h3>Per class</h3>" + table(classes, "per-class")
 
 
 def push_section(result: RunResult) -> str:
     if result.pushed:
         return f'<p class="ok">Pushed: <code>{html.escape(result.pushed_dir)}</code></p>'
-    return f'<p class="bad">Not pushed: {html.escape(result.refusal or "the run did not reach the Pusher")}</p>'
+    reasons = (result.refusal or "the run did not reach the Pusher").splitlines()
+    return '<p class="bad">Not pushed:</p><ul class="bad">' + "".join(
+        f"<li>{html.escape(r)}</li>" for r in reasons) + "</ul>"
 
 
 def build(output_dir: str, pipeline_name: str) -> str:
@@ -206,14 +226,14 @@ def build(output_dir: str, pipeline_name: str) -> str:
     result = latest_run(paths.metadata_path, pipeline_name)
     components = _table(["component", "state", "seconds"],
                         [[c.name, c.state, f"{c.seconds:.1f}"] for c in result.components])
-    sections = [("Components", components), ("Data", data_section(result)), ("Anomalies", anomalies_section(result)),
+    sections = [("Components", components), ("Data", data_section(result, paths.report_dir)), ("Anomalies", anomalies_section(result)),
                 ("Provenance", provenance_section(result)), ("Training", curves_section(result)),
                 ("Compression", compression_section(result)),
                 ("Evaluation", evaluation_section(result)), ("Push", push_section(result))]
     body = "".join(f'<section id="{t.lower()}"><h2>{t}</h2>{content}</section>' for t, content in sections)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(pipeline_name)} run report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:.5em 0}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}.ok{{color:#176c2f}}.bad{{color:#b00020}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}tr.fail td{{background:#fde7ea;color:#b00020;font-weight:bold}}th{{background:#f3f3f3}}.ok{{color:#176c2f}}.bad{{color:#b00020}}
 img{{max-width:100%;display:block;margin:.5em 0}}</style></head><body>
 <h1>{html.escape(pipeline_name)}: run report</h1><p>Generated {time.strftime("%Y-%m-%d %H:%M:%S")}</p>{body}
 <script>window.addEventListener("load",()=>document.querySelectorAll("img").forEach(i=>{{i.dataset.naturalWidth=i.naturalWidth}}));</script>

@@ -24,6 +24,7 @@ BUNDLED_DATA_IN_IMAGE = "/pipeline/data/digits"  # where the Dockerfile writes t
 # cost more than two cores give back at every measured size; above 512 MB (not measured) the
 # multi-processing mode's bounded memory per worker is the safer default.
 IN_MEMORY_MAX_BYTES = 512 << 20
+DATA_FACTS = "data.txt"  # what the probe found and decided, under <output>/report/
 log = logging.getLogger(__name__)
 
 
@@ -151,6 +152,10 @@ def run_local(config: PipelineConfig) -> RunResult:
 
     data = prepare_data(config)
     log.info("%s", data.describe())
+    os.makedirs(config.report_dir, exist_ok=True)
+    with open(os.path.join(config.report_dir, DATA_FACTS + ".tmp"), "w") as f:  # for the run report
+        f.write(data.describe() + "\n")
+    os.replace(os.path.join(config.report_dir, DATA_FACTS + ".tmp"), os.path.join(config.report_dir, DATA_FACTS))
     base = choose_base_model(config, data)
     log.info("Trainer: %s", base.description if base else "trains from scratch" + (
         "" if config.warm_start else " (--no-warm-start)"))
@@ -183,7 +188,7 @@ def data_problem(error: BaseException) -> Optional[str]:
     seen = error
     while seen is not None:
         if isinstance(seen, (formats.DataError, DataAnomaliesError)):
-            return str(seen)
+            return re.sub(r" \[while running [^\]]*\]$", "", str(seen))
         seen = seen.__cause__ or seen.__context__
     match = re.search(r"(?:DataError|DataAnomaliesError): (.*?)(?: \[while running [^\]]*\])?\s*$", str(error), re.S)
     return match.group(1).strip() if match else None

@@ -134,9 +134,12 @@ def connect(server: Optional[str], grpc_address: Optional[str], model: str):
 
 
 def classify_images(client, images: list) -> list:
-    """[(class, probabilities)] for encoded PNG/JPEG images."""
+    """[(class name, class index, probabilities)] for encoded PNG/JPEG images. Models without a
+    `class_name` output (exported before class names were part of the contract) give the index as name."""
     outputs = client.predict({"images": images}, signature="predict_images")
-    return [(int(c), p.tolist()) for c, p in zip(outputs["classes"], outputs["probabilities"])]
+    names = outputs.get("class_name", [str(int(c)) for c in outputs["classes"]])
+    return [(n.decode() if isinstance(n, bytes) else str(n), int(c), p.tolist())
+            for n, c, p in zip(names, outputs["classes"], outputs["probabilities"])]
 
 
 def main(argv=None) -> int:
@@ -159,9 +162,9 @@ def main(argv=None) -> int:
             for path in args.image:
                 with open(path, "rb") as f:
                     images.append(f.read())
-            for path, (label, probabilities) in zip(args.image, classify_images(client, images)):
+            for path, (name, index, probabilities) in zip(args.image, classify_images(client, images)):
                 shown = ", ".join(f"{i}: {p:.3f}" for i, p in enumerate(probabilities))
-                print(f"{path}: class {label} (p={probabilities[label]:.3f})  [{shown}]")
+                print(f'{path}: "{name}" p={probabilities[index]:.3f} (class {index})  [{shown}]')
         elif args.command == "status":
             print(json.dumps(client.status(args.version), indent=2))
         else:

@@ -230,7 +230,9 @@ class DataFacts:
     class_counts: Tuple[int, ...] = ()  # examples per class in the latest span (empty: not counted)
     resized: int = 0  # images of another size or colour mode than image_shape, converted on the way in
     skipped: Tuple[str, ...] = ()  # "file: why" for each file or record left out
-    decisions: Tuple[str, ...] = ()  # how the shape and the class set were decided
+    shape_source: str = ""  # how image_shape was decided
+    class_source: str = ""  # where the class set comes from
+    decisions: Tuple[str, ...] = ()  # other decisions: empty classes, files left out
     skip_bad_files: bool = False  # unreadable files and records are left out rather than an error
 
     @property
@@ -248,13 +250,14 @@ class DataFacts:
         height, width, channels = self.image_shape
         lines = [f"data: {self.path} ({self.format}" + (f", span {self.span}" if self.span else "")
                  + f", {self.num_files} files, {self.num_bytes / 2**20:.1f} MB)",
-                 f"  image shape {height}x{width}x{channels}" + (f"; {self.resized} images resized or converted to it"
-                                                                 if self.resized else "")]
+                 f"  image shape {height}x{width}x{channels}" + (f" ({self.shape_source})" if self.shape_source else "")
+                 + (f"; {self.resized} images resized or converted to it" if self.resized else "")]
+        source = f" ({self.class_source})" if self.class_source else ""
         if self.class_counts:
-            lines.append(f"  {self.num_classes} classes, {sum(self.class_counts)} examples: " + ", ".join(
+            lines.append(f"  {self.num_classes} classes{source}, {sum(self.class_counts)} examples: " + ", ".join(
                 f"{name} ({count})" for name, count in zip(self.class_names, self.class_counts)))
         else:
-            lines.append(f"  {self.num_classes} classes: {', '.join(self.class_names)}")
+            lines.append(f"  {self.num_classes} classes{source}: {', '.join(self.class_names)}")
         lines += [f"  {d}" for d in self.decisions]
         if self.skipped:
             lines.append(f"  {len(self.skipped)} files or records left out:")
@@ -352,8 +355,8 @@ def _scan_tfrecords(folder: str, prefix: str, image_feature: str, label_feature:
     return scan
 
 
-def _decide_shape(scan: _Scan, stated: Optional[Shape], fmt: str) -> Tuple[Shape, int, List[str]]:
-    """(shape, how many images differ from it, what was decided)."""
+def _decide_shape(scan: _Scan, stated: Optional[Shape]) -> Tuple[Shape, int, str]:
+    """(shape, how many images differ from it, how it was decided)."""
     if not scan.shapes and not scan.sizes:
         raise DataError("found no readable images or records in the latest span.")
     if stated is not None:  # raw pixels cannot be resized: their count must fit
@@ -371,25 +374,25 @@ def _decide_shape(scan: _Scan, stated: Optional[Shape], fmt: str) -> Tuple[Shape
         for channels in (1, 3):
             side = int(round(np.sqrt(size / channels)))
             if side * side * channels == size:
-                return (side, side, channels), 0, [
-                    f"image shape {side}x{side}x{channels} inferred from {size} raw values per image (a square "
-                    f"{'grey' if channels == 1 else 'RGB'} image); pass --image-shape H,W,C if that is wrong"]
+                return (side, side, channels), 0, (
+                    f"inferred from {size} raw values per image, a square {'grey' if channels == 1 else 'RGB'} "
+                    "image; pass --image-shape H,W,C if that is wrong")
         raise DataError(f"the records hold {size} raw values per image, which is not a square grey or RGB image. "
                         "Pass --image-shape H,W,C.")
     if stated is not None:
         differ = sum(scan.shapes.values()) - scan.shapes.get(stated, 0)
-        return stated, differ, [f"image shape {'x'.join(map(str, stated))} from --image-shape"]
+        return stated, differ, "from --image-shape"
     (shape, count), total = scan.shapes.most_common(1)[0], sum(scan.shapes.values())
     differ = total - count
     if len(scan.shapes) == 1:
-        return shape, 0, [f"image shape {'x'.join(map(str, shape))}: every image has it"]
-    return shape, differ, [f"image shape {'x'.join(map(str, shape))}: the most common of {len(scan.shapes)} sizes "
-                           f"({count} of {total} images); pass --image-shape H,W,C to choose another"]
+        return shape, 0, "every image has it"
+    return shape, differ, (f"the most common of {len(scan.shapes)} sizes, {count} of {total} images; pass "
+                           "--image-shape H,W,C to choose another")
 
 
-def _decide_classes(scan: _Scan, spec, fmt: str) -> Tuple[Tuple[str, ...], Tuple[int, ...], List[str]]:
-    """(class names, examples per class, what was decided); a label outside the class set is a DataError."""
-    observed, decisions = scan.labels, []
+def _decide_classes(scan: _Scan, spec, fmt: str) -> Tuple[Tuple[str, ...], Tuple[int, ...], str]:
+    """(class names, examples per class, where they come from); a label outside the class set is a DataError."""
+    observed = scan.labels
     if fmt == "images" or all(isinstance(k, str) for k in observed):
         found = sorted(observed) if fmt != "images" else sorted(
             {os.path.basename(os.path.dirname(f)) for f in scan.files})
@@ -400,8 +403,9 @@ def _decide_classes(scan: _Scan, spec, fmt: str) -> Tuple[Tuple[str, ...], Tuple
                             f"{names}. Add them to --class-names, or fix or remove those examples.")
         if spec.num_classes is not None and spec.num_classes != len(names):
             raise DataError(f"--num-classes {spec.num_classes} but the data has {len(names)} classes {names}.")
-        decisions.append(f"classes from {'--class-names' if spec.class_names else 'the folder names' if fmt == 'images' else 'the label names (sorted)'}")
-        return tuple(names), tuple(observed.get(n, 0) for n in names), decisions
+        source = ("from --class-names" if spec.class_names else "the folder names" if fmt == "images"
+                  else "the label names, sorted")
+        return tuple(names), tuple(observed.get(n, 0) for n in names), source
     if any(isinstance(k, str) for k in observed):
         raise DataError(f"the labels mix integers and names (e.g. {scan.first_seen[next(k for k in observed if isinstance(k, str))]}). "
                         "Use one kind in every record.")
@@ -409,7 +413,7 @@ def _decide_classes(scan: _Scan, spec, fmt: str) -> Tuple[Tuple[str, ...], Tuple
         raise DataError(f"--num-classes {spec.num_classes} but {len(spec.class_names)} --class-names.")
     if spec.class_names or spec.num_classes is not None:
         count = len(spec.class_names) if spec.class_names else spec.num_classes
-        decisions.append(f"{count} classes from {'--class-names' if spec.class_names else '--num-classes'}")
+        source = "from --class-names" if spec.class_names else "from --num-classes, named by their digits"
     else:
         count = max(observed) + 1
         if sorted(observed) != list(range(count)):
@@ -419,8 +423,8 @@ def _decide_classes(scan: _Scan, spec, fmt: str) -> Tuple[Tuple[str, ...], Tuple
                 f"0..{count - 1}, {len(missing)} missing ({missing[:MAX_LISTED]}); the rarest: " + ", ".join(
                     f"{k} ({observed[k]} examples, first: {scan.first_seen[k]})" for k in sorted(observed, key=observed.get)[:3])
                 + ". Pass --num-classes N (every label must be in 0..N-1) or --class-names, or fix the stray labels.")
-        decisions.append(f"{count} classes inferred from the integer labels 0..{count - 1} (contiguous); "
-                         "pass --class-names to name them")
+        source = (f"inferred from the integer labels 0..{count - 1}, which are contiguous; named by their digits, "
+                  "pass --class-names to name them")
     outside = sorted(k for k in observed if not 0 <= k < count)
     if outside:
         raise DataError(f"label {outside[0]} ({observed[outside[0]]} examples, first: {scan.first_seen[outside[0]]})"
@@ -428,7 +432,7 @@ def _decide_classes(scan: _Scan, spec, fmt: str) -> Tuple[Tuple[str, ...], Tuple
                         + f" outside the {count} classes 0..{count - 1}. Fix or remove those examples, or pass "
                           "the right --num-classes / --class-names.")
     names = tuple(spec.class_names) if spec.class_names else tuple(str(i) for i in range(count))
-    return names, tuple(observed.get(i, 0) for i in range(count)), decisions
+    return names, tuple(observed.get(i, 0) for i in range(count)), source
 
 
 def probe(spec) -> DataFacts:
@@ -454,8 +458,8 @@ def probe(spec) -> DataFacts:
             raise DataError(f"{len(scan.bad)} unreadable files or records in {folder}:\n  {listed}\n"
                             "Fix or remove them, or pass --skip-bad-files to leave them out.")
         decisions.append(f"{len(scan.bad)} unreadable files or records left out (--skip-bad-files)")
-    shape, resized, why = _decide_shape(scan, tuple(spec.image_shape) if spec.image_shape else None, fmt)
-    class_names, counts, how = _decide_classes(scan, spec, fmt)
+    shape, resized, shape_source = _decide_shape(scan, tuple(spec.image_shape) if spec.image_shape else None)
+    class_names, counts, class_source = _decide_classes(scan, spec, fmt)
     if len(class_names) < 2:
         raise DataError(f"{spec.path}: found {len(class_names)} class; a classifier needs at least 2.")
     empty = [n for n, c in zip(class_names, counts) if c == 0]
@@ -466,7 +470,8 @@ def probe(spec) -> DataFacts:
                      image_feature=spec.image_feature, label_feature=spec.label_feature, span=span,
                      num_files=len(scan.files), num_bytes=sum(tf.io.gfile.stat(f).length for f in scan.files),
                      class_counts=counts, resized=resized, skipped=tuple(scan.skipped + scan.bad),
-                     decisions=tuple(why + how + decisions), skip_bad_files=spec.skip_bad_files)
+                     shape_source=shape_source, class_source=class_source, decisions=tuple(decisions),
+                     skip_bad_files=spec.skip_bad_files)
 
 
 DIGITS_SHAPE, DIGITS_CLASSES = (8, 8, 1), tuple(str(d) for d in range(10))  # what write_digits writes

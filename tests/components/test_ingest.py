@@ -78,7 +78,7 @@ def test_image_folder_shape_is_the_most_common_not_the_first(tmp_path):
     (tmp_path / "a" / "0_odd.png").write_bytes(_png(np.zeros((700, 3), np.uint8)))  # sorts first
     spec = formats.probe(DataSpec(path=str(tmp_path)))
     assert spec.image_shape == (12, 10, 3) and spec.resized == 1
-    assert "the most common of 2 sizes (6 of 7 images)" in spec.describe()
+    assert "image shape 12x10x3 (the most common of 2 sizes, 6 of 7 images" in spec.describe()
     assert "1 images resized or converted" in spec.describe()
 
 
@@ -105,8 +105,8 @@ def test_stray_label_stops_the_run_with_or_without_num_classes(tmp_path):
     _records(tmp_path / "part-0.tfrecord", labels)
     facts = formats.probe(DataSpec(path=str(tmp_path)))
     assert facts.class_names == tuple("0123456789") and facts.image_shape == (4, 4, 1)
-    assert "10 classes inferred from the integer labels 0..9 (contiguous)" in facts.describe()
-    assert "inferred from 16 raw values per image" in facts.describe()
+    assert "10 classes (inferred from the integer labels 0..9, which are contiguous" in facts.describe()
+    assert "image shape 4x4x1 (inferred from 16 raw values per image" in facts.describe()
 
 
 def test_missing_label_in_one_record_names_the_file_and_record(tmp_path):

@@ -103,3 +103,34 @@ def test_label_outside_the_classes_stops_the_run_before_anything_runs(tmp_path):
         in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 3, proc.stderr
     assert not (out / "pipeline_root").exists() and not (out / "serving").exists()
+
+
+def test_corrupt_image_found_inside_beam_exits_2_with_one_message(tmp_path):
+    """A PNG whose header reads but whose body is cut passes the probe; ExampleGen finds it inside Beam."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+
+    def png(array):
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    for cls in ("zero", "one"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(10):
+            (tmp_path / "data" / cls / f"{i}.png").write_bytes(png(rng.integers(0, 255, (8, 8), dtype=np.uint8)))
+    (tmp_path / "data" / "one" / "cut.png").write_bytes(png(rng.integers(0, 255, (8, 8), dtype=np.uint8))[:-30])
+    out = tmp_path / "out"
+    proc = cli("run", "--data", str(tmp_path / "data"), "--output", str(out), timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'data' / 'one' / 'cut.png'}: not a readable PNG/JPEG image (image file is truncated). "
+        "Remove or replace the file."), proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("cut.png") == 1, proc.stderr
+    assert "2 classes (the folder names), 21 examples: one (11), zero (10)" in proc.stderr  # said before training
+    assert not os.listdir(out / "pipeline_root" / "FileBasedExampleGen" / "examples")  # nothing half-written
+    assert not (out / "serving").exists()

@@ -128,6 +128,34 @@ def test_changing_target_sparsity_reruns_the_compressor_not_the_trainer(first_ru
     assert (after.accuracy, after.gzip_bytes) == (before.accuracy, before.gzip_bytes)  # the same baseline
 
 
+def test_class_floor_applies_only_to_classes_with_enough_eval_examples(first_run):
+    import re
+
+    output, first = first_run
+    config = make_config(output)
+    config.thresholds.min_class_accuracy = 1.0  # every class with one error misses it
+    config.thresholds.min_slice_examples = 10_000  # ... but no class has that many eval examples
+    result = runners.run_local(config)
+    assert result.pushed, result.refusal
+    config.thresholds.min_slice_examples = 1
+    result = runners.run_local(config)
+    assert not result.pushed
+    failing = re.findall(r"class '(\d)': accuracy (0\.\d+), needs >= 1 \((\d+) eval examples\)", result.refusal)
+    assert failing, result.refusal
+    assert len(failing) == len(result.refusal.splitlines()), result.refusal  # one line per failing check
+    assert {c.state for c in result.components if c.name in ("Trainer", "Compressor")} == {"CACHED"}
+
+
+def test_report_for_a_pipeline_without_runs_is_an_error(first_run):
+    import subprocess
+    import sys
+
+    output, _ = first_run
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "report", "--output", str(output), "--model-name", "nope"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no runs of pipeline 'nope'" in proc.stderr, proc.stderr
+
+
 def test_same_seed_gives_the_same_metrics_for_every_stage(first_run, tmp_path):
     _, first = first_run
     again = runners.run_local(make_config(tmp_path))
@@ -137,7 +165,7 @@ def test_same_seed_gives_the_same_metrics_for_every_stage(first_run, tmp_path):
         assert again.compression_report.stages[stage].sparsity == metrics.sparsity, stage
 
 
-def test_second_span_warm_starts_and_is_compared_with_the_latest_blessed_model(first_run):
+def test_second_span_warm_starts_and_is_compared_with_the_served_model(first_run):
     output, first = first_run
     formats.write_digits(os.path.join(output, "data", "digits"), span=2, seed=7)
     result = runners.run_local(make_config(output))
@@ -163,11 +191,12 @@ def test_second_span_warm_starts_and_is_compared_with_the_latest_blessed_model(f
     store = metadata_store.MetadataStore(connection)
     gate_blessings = sorted((a for a in store.get_artifacts_by_type("ModelBlessing")
                              if "/QualityGate/" in a.uri), key=lambda a: a.id)
-    latest, earlier = gate_blessings[-1], gate_blessings[:-1]
-    last_blessed = [a for a in earlier if a.custom_properties["blessed"].int_value == 1][-1]
-    # The Evaluator compared the new compressed model with the latest blessed (compressed) model.
+    latest = gate_blessings[-1]
+    served = [a for a in store.get_artifacts_by_type("ModelBlessing") if "/Pusher/" in a.uri
+              and a.custom_properties["blessed"].int_value == 1 and a.id < latest.id]
+    # The Evaluator compared the new compressed model with the model being served (the latest pushed one).
     assert latest.custom_properties["baseline_model_id"].int_value == \
-        last_blessed.custom_properties["current_model_id"].int_value
+        max(served, key=lambda a: a.id).custom_properties["current_model_id"].int_value
     compared = store.get_artifacts_by_id([latest.custom_properties["baseline_model_id"].int_value])[0]
     assert "/Compressor/compressed_model/" in compared.uri
     spans = [m.custom_properties["span"].int_value for m in
@@ -205,8 +234,30 @@ def test_pushed_model_is_served_over_rest_and_grpc(first_run, tmp_path):
         by_examples = grpc_client.predict({"examples": np.asarray(records[:8], dtype=object)})
         np.testing.assert_array_equal(by_examples["classes"], expected)
         pngs = [tf.io.encode_png(p.astype(np.uint8)).numpy() for p in pixels[:8]]
-        assert [c for c, _ in classify_images(rest, pngs)] == expected.tolist()
-        assert [c for c, _ in classify_images(grpc_client, pngs)] == expected.tolist()
+        names = [str(c) for c in expected]  # integer labels without names are named by their digits
+        assert [(n, c) for n, c, _ in classify_images(rest, pngs)] == list(zip(names, expected.tolist()))
+        assert [(n, c) for n, c, _ in classify_images(grpc_client, pngs)] == list(zip(names, expected.tolist()))
+        # TF Serving's Classify API: a classify-kind signature answers class names with their scores.
+        assert signatures["classify"]["method_name"] == "tensorflow/serving/classify"
+        body = json.dumps({"signature_name": "classify", "examples": [
+            {"image": [int(v) for v in p.reshape(-1)]} for p in pixels[:4]]}).encode()
+        with urllib.request.urlopen(urllib.request.Request(server.rest + "/v1/models/digits:classify", body),
+                                    timeout=30) as r:
+            results = json.loads(r.read())["results"]
+        assert [[name for name, _ in row] for row in results] == [[str(d) for d in range(10)]] * 4
+        assert [max(row, key=lambda pair: pair[1])[0] for row in results] == names[:4]
+        # The client CLI prints the name.
+        png_path = tmp_path / "digit.png"
+        png_path.write_bytes(pngs[0])
+        from serving import client
+
+        import contextlib
+        import io
+
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert client.main(["predict", "--image", str(png_path), "--server", server.rest.split("//")[-1]]) == 0
+        assert f'digit.png: "{names[0]}" p=' in printed.getvalue()
     finally:
         server.stop()
 
@@ -230,7 +281,8 @@ def test_html_report_renders_in_headless_chromium(first_run, tmp_path):
         match = re.search(rf'<img id="{plot}"[^>]*data-natural-width="(\d+)"', dom)
         assert match and int(match.group(1)) > 0, plot
     per_class = re.search(r'<table class="per-class">.*?<tbody>(.*?)</tbody>', dom, re.S).group(1)
-    assert per_class.count("<tr>") == 10
+    assert per_class.count("<tr") == 10 and "class '3'" in per_class
+    assert "10 classes (inferred from the integer labels 0..9" in dom  # the data facts, as the run printed them
     screenshot = tmp_path / "report.png"
     subprocess.run(flags + [f"--screenshot={screenshot}", f"file://{page}"], capture_output=True, timeout=120)
     assert screenshot.stat().st_size > 10000
