@@ -157,11 +157,12 @@ def QualityGate(report: InputArtifact[CompressionReportArtifact],
     verdict = compression_verdict(CompressionReport.load(report.uri), max_accuracy_drop)
     if verdict:
         reasons.append(verdict)
-    for key in ("current_model", "baseline_model"):  # what the Evaluator compared
+    for key in ("current_model", "current_model_id", "baseline_model", "baseline_model_id"):
+        # What the Evaluator compared, as it wrote it: ids are ints under TFX's runners and artifact names
+        # (strings) under Kubeflow, where the resolver looks models up by name.
         if evaluator_blessing.has_custom_property(key):
-            blessing.set_string_custom_property(key, evaluator_blessing.get_string_custom_property(key))
-        if evaluator_blessing.has_custom_property(key + "_id"):
-            blessing.set_int_custom_property(key + "_id", evaluator_blessing.get_int_custom_property(key + "_id"))
+            blessing.mlmd_artifact.custom_properties[key].CopyFrom(
+                evaluator_blessing.mlmd_artifact.custom_properties[key])
     blessed = not reasons
     blessing.set_int_custom_property("blessed", int(blessed))
     blessing.set_string_custom_property("reason", "\n".join(reasons))

@@ -63,9 +63,13 @@ class Executor(pusher_executor.Executor):
         io_utils.copy_dir(model_path, model_push.uri)  # the archived copy, as TFX's Pusher keeps it
         self._MarkPushed(model_push, pushed_destination=target, pushed_version=version)
         model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
+        blessing = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_BLESSING_KEY])
         record.set_int_custom_property("blessed", 1)
         record.set_string_custom_property("current_model", model.uri)
         record.set_int_custom_property("current_model_id", model.id)
+        if blessing.has_custom_property("current_model_id"):  # the blessed model as the orchestrator names it
+            record.mlmd_artifact.custom_properties["current_model_id"].CopyFrom(
+                blessing.mlmd_artifact.custom_properties["current_model_id"])
         record.set_string_custom_property("pushed_version", version)
 
 

@@ -1,4 +1,4 @@
-"""`python -m pipeline run|compile|report|tensorboard`: the command line, mapped onto PipelineConfig.
+"""`python -m pipeline run|compile|submit|report|tensorboard`: the command line, mapped onto PipelineConfig.
 
 Exit codes: 0 ok, 1 the run failed (or its model was not pushed), 2 bad usage or unreadable data.
 """
@@ -267,6 +267,9 @@ def main(argv=None) -> int:
     run = commands.add_parser("run", help="run the pipeline locally (LocalDagRunner)", epilog=EXAMPLES,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_settings(run)
+    run.add_argument("--runner", choices=["local", "kubeflow-local"], default="local",
+                     help="local: TFX's LocalDagRunner (default); kubeflow-local: compile for Kubeflow Pipelines and "
+                          "execute the compiled spec here, each task through its container command")
     comp = commands.add_parser("compile", help="write a Kubeflow Pipelines v2 spec", epilog=EXAMPLES,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_settings(comp, output_dir=False)
@@ -274,6 +277,19 @@ def main(argv=None) -> int:
     comp.add_argument("--pipeline-root", required=True, help="e.g. gs://bucket/pipeline_root")
     comp.add_argument("--image", required=True, help="container image built from the Dockerfile")
     comp.add_argument("--output", dest="spec", required=True, metavar="FILE.json")
+    sub = commands.add_parser("submit", help="upload a compiled spec to Kubeflow Pipelines and start a run",
+                              epilog="example:\n  python -m pipeline submit --spec digits.json --host "
+                                     "https://kfp.example.com --experiment digits\n\nAuthentication: --token (or "
+                                     "KF_PIPELINES_TOKEN); an in-cluster or kubeconfig service account; or, on GCP, "
+                                     "the host's IAP/gcloud credentials that kfp.Client picks up.",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.add_argument("--spec", required=True, metavar="FILE.json", help="written by `compile`")
+    sub.add_argument("--host", required=True, help="the KFP API server, e.g. http://localhost:8080")
+    sub.add_argument("--experiment", default="Default", help="experiment name (default Default)")
+    sub.add_argument("--run-name", help="default: the pipeline's name")
+    sub.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
+    sub.add_argument("--token", default=os.environ.get("KF_PIPELINES_TOKEN"),
+                     help="bearer token (default: $KF_PIPELINES_TOKEN)")
     rep = commands.add_parser("report", help="rebuild (and open) the HTML report of the latest run",
                               epilog="example:\n  python -m pipeline report --output artifacts --open",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -302,6 +318,24 @@ def main(argv=None) -> int:
         spec = ",".join(f"{name}:{d}" for name, d in logdirs.items() if os.path.isdir(d))
         os.execvp(sys.executable, [sys.executable, "-m", "tensorboard.main", "--logdir_spec", spec,
                                    "--host", args.host, "--port", str(args.port)])
+
+    if args.command == "submit":
+        if not os.path.isfile(args.spec):
+            print(f"error: --spec {args.spec}: no such file; write it with `python -m pipeline compile`",
+                  file=sys.stderr)
+            return 2
+        _quiet(False)
+        from pipeline import runners
+
+        try:
+            run_id = runners.submit_kubeflow(args.spec, args.host, args.experiment, args.run_name, args.namespace,
+                                             args.token)
+        except Exception as e:  # kfp raises connection, auth and API errors of many types
+            print(f"error: could not submit to {args.host}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                  file=sys.stderr)
+            return 1
+        print(f"submitted: run {run_id} in experiment {args.experiment} at {args.host}")
+        return 0
 
     if args.command == "report":
         if not os.path.exists(cfg.PipelineConfig(output_dir=args.output).metadata_path):
@@ -338,6 +372,22 @@ def main(argv=None) -> int:
         return 0
 
     start = time.time()
+    if args.runner == "kubeflow-local":
+        from pipeline.kubeflow_local import TaskFailed
+
+        try:
+            result = runners.run_kubeflow_local(config)
+        except DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except TaskFailed as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"\ncompiled spec: {result.spec_file}")
+        print(f"pushed: {result.pushed_dir}" if result.pushed_dir else
+              "NOT pushed:\n  " + (result.refusal or "see the log above").replace("\n", "\n  "))
+        print(f"total {time.time() - start:.0f} s")
+        return 0 if result.pushed_dir else 1
     try:
         result = runners.run_local(config)
     except DataError as e:

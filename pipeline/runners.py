@@ -264,8 +264,10 @@ def latest_run(metadata_path: str, pipeline_name: str) -> RunResult:
                      compression_report=report, training=training, artifacts=outputs)
 
 
-def compile_kubeflow(config: PipelineConfig, pipeline_root: str, image: str, output_file: str) -> Dict:
-    """Writes a Kubeflow Pipelines v2 spec (JSON) offline; returns it parsed."""
+def compile_kubeflow(config: PipelineConfig, pipeline_root: str, image: str, output_file: str,
+                     serving_dir: Optional[str] = None) -> Dict:
+    """Writes a Kubeflow Pipelines v2 spec (JSON) offline; returns it parsed. The Pusher pushes to
+    `serving_dir` (default <pipeline_root>/serving/<model>)."""
     from tfx import v1 as tfx
 
     spec = config.data
@@ -286,13 +288,65 @@ def compile_kubeflow(config: PipelineConfig, pipeline_root: str, image: str, out
                                  class_names=tuple(spec.class_names or (str(i) for i in range(spec.num_classes))),
                                  image_feature=spec.image_feature, label_feature=spec.label_feature)
     pipeline = dag.create_pipeline(config, data, pipeline_root=pipeline_root, beam_args=config.beam_args,
-                                   serving_dir=os.path.join(pipeline_root, "serving", config.model_name))
+                                   serving_dir=serving_dir or os.path.join(pipeline_root, "serving", config.model_name))
     output_dir, filename = os.path.split(os.path.abspath(output_file))
     os.makedirs(output_dir, exist_ok=True)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
+        # Pipeline spec 2.1: parameters as plain values (`parameterValues`), which is what the KFP v2 launcher
+        # hands a task and what the ExampleGen driver writes; under 2.0 the executor reads the deprecated
+        # `parameters` field and loses the driver's span-resolved input_config (found by running the spec).
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image,
+                                                                      use_pipeline_spec_2_1=True),
         output_dir=output_dir, output_filename=filename + ".tmp")
     runner.run(pipeline)
     os.replace(os.path.join(output_dir, filename + ".tmp"), os.path.join(output_dir, filename))
     with open(os.path.join(output_dir, filename)) as f:
         return json.load(f)
+
+
+@dataclasses.dataclass
+class KubeflowLocalResult:
+    spec_file: str
+    pushed_dir: Optional[str]  # None: not pushed
+    refusal: str
+    outputs: Dict[str, Dict[str, list]]  # task → output key → artifacts (as pipeline.kubeflow_local records them)
+
+
+def run_kubeflow_local(config: PipelineConfig) -> KubeflowLocalResult:
+    """Compiles the pipeline for Kubeflow and executes the compiled spec here (pipeline.kubeflow_local):
+    every task through its container command, artifacts under <output>/kubeflow_root."""
+    from pipeline import kubeflow_local
+
+    data = prepare_data(config)  # writes the bundled digits when no --data is given
+    log.info("%s", data.describe())
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=data.path, format=data.format))
+    root = os.path.abspath(os.path.join(config.output_dir, "kubeflow_root"))
+    spec_file = os.path.join(root, "pipeline.json")
+    compile_kubeflow(config, root, image="local", output_file=spec_file, serving_dir=config.serving_dir)
+    outputs = kubeflow_local.run(spec_file, root, beam_args=local_beam_args(config, data))
+    pushed = outputs.get(dag.PUSHER, {}).get("pushed_model", [{}])[0].get("metadata", {})
+    gate = outputs.get(dag.GATE, {}).get("blessing", [{}])[0].get("metadata", {})
+    canary = outputs.get(dag.CANARY, {}).get("blessing", [{}])[0].get("metadata", {})
+    return KubeflowLocalResult(
+        spec_file=spec_file, pushed_dir=pushed.get("pushed_destination") if pushed.get("pushed") else None,
+        refusal="\n".join(r for r in (gate.get("reason"), canary.get("reason")) if r), outputs=outputs)
+
+
+def submit_kubeflow(spec_file: str, host: str, experiment: str, run_name: Optional[str] = None,
+                    namespace: Optional[str] = None, existing_token: Optional[str] = None) -> str:
+    """Uploads a compiled spec to the KFP API server at `host` and starts a run; returns the run id."""
+    import kfp
+    import yaml
+
+    with open(spec_file) as f:
+        job = json.load(f)
+    package = os.path.splitext(spec_file)[0] + ".pipeline.yaml"  # KFP's client takes the PipelineSpec as YAML
+    with open(package + ".tmp", "w") as f:
+        yaml.safe_dump(job.get("pipelineSpec", job), f, sort_keys=False)
+    os.replace(package + ".tmp", package)
+    client = kfp.Client(host=host, existing_token=existing_token, **({"namespace": namespace} if namespace else {}))
+    run = client.create_run_from_pipeline_package(
+        package, arguments={}, run_name=run_name or job.get("displayName"), experiment_name=experiment,
+        pipeline_root=job.get("runtimeConfig", {}).get("gcsOutputDirectory"),
+        **({"namespace": namespace} if namespace else {}))
+    return run.run_id

@@ -24,7 +24,9 @@ JSON, MARKDOWN, PLOT = "compression.json", "compression.md", "compression.png"
 class CompressionReportArtifact(artifact.Artifact):
     """TFX artifact type of a compression report (a folder holding the three files above)."""
 
-    TYPE_NAME = "compressor.CompressionReport"  # namespace.Name: what KFP v2 schema titles require
+    # An import path of this class of the form module.Class (components/__init__.py exports it): a KFP v2
+    # schema title must have that form, and TFX's Kubeflow entrypoint imports the class from it.
+    TYPE_NAME = "components.CompressionReportArtifact"
 
 
 @dataclasses.dataclass

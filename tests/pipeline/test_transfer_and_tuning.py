@@ -54,6 +54,7 @@ def base_model_on_0_to_4(tmp_path_factory):
 def few_shot_run(output, data, base_model=None):
     config = PipelineConfig(output_dir=str(output), base_model=base_model)
     config.data.path, config.data.image_shape = str(data), (8, 8, 1)
+    config.data.num_classes = 10  # labels 5..9 only: the class set must be stated
     config.compression.prune = config.compression.qat = False
     config.thresholds.min_accuracy = 0.0
     return runners.run_local(config)

@@ -1,0 +1,210 @@
+"""Runs a compiled Kubeflow Pipelines v2 spec on this machine, the way the KFP launcher runs it.
+
+Each task runs in dependency order as its own process with the exact container command and
+arguments of the spec (TFX's `kubeflow_v2_run_executor`, the ExampleGen driver as its
+`preCacheCheck`); `{{$}}` becomes an ExecutorInput JSON built from the task's parameters and the
+artifacts produced so far, and the ExecutorOutput each task writes updates those artifacts.
+Importer tasks import their URI; resolver tasks answer their `outputArtifactQueries` filters from
+every artifact recorded under the pipeline root (this run's and earlier runs'), latest first.
+
+What only a cluster checks: the container image itself, Kubernetes scheduling and volumes, the KFP
+metadata service (here a JSON file, `ARTIFACTS`), and remote storage (here a local pipeline root).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+import yaml
+
+ARTIFACTS = "kfp_local_artifacts.json"  # every artifact produced under the pipeline root, oldest first
+log = logging.getLogger(__name__)
+
+
+class TaskFailed(RuntimeError):
+    def __init__(self, task: str, returncode: int, log_path: str):
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        super().__init__(f"task {task} exited {returncode}; its log: {log_path}\n{tail}")
+        self.task, self.log_path = task, log_path
+
+
+def _schema_title(artifact_type: dict) -> str:
+    if "schemaTitle" in artifact_type:
+        return artifact_type["schemaTitle"]
+    return yaml.safe_load(artifact_type["instanceSchema"])["title"]
+
+
+def _constant(value: dict):
+    """A task parameter's value, in either of the spec's spellings."""
+    value = value.get("runtimeValue", value)
+    if "constant" in value:
+        return value["constant"]
+    constant = value.get("constantValue", {})
+    for kind in ("stringValue", "intValue", "doubleValue"):
+        if kind in constant:
+            return int(constant[kind]) if kind == "intValue" else constant[kind]
+    raise ValueError(f"unsupported parameter value {value}")
+
+
+def _order(tasks: dict) -> List[str]:
+    """Task names, each after every task it depends on (dependentTasks and artifact producers)."""
+    def needs(name):
+        task = tasks[name]
+        producers = {a["taskOutputArtifact"]["producerTask"] for a in task.get("inputs", {}).get("artifacts", {}).values()
+                     if "taskOutputArtifact" in a}
+        return set(task.get("dependentTasks", [])) | producers
+
+    done, order = set(), []
+    while len(order) < len(tasks):
+        ready = sorted(n for n in tasks if n not in done and needs(n) <= done)
+        if not ready:
+            raise ValueError(f"the spec's tasks have a cycle among {sorted(set(tasks) - done)}")
+        order += ready
+        done |= set(ready)
+    return order
+
+
+class Store:
+    """The artifacts of every run under a pipeline root: what KFP's metadata service keeps."""
+
+    def __init__(self, pipeline_root: str):
+        self.path = os.path.join(pipeline_root, ARTIFACTS)
+        self.artifacts: List[dict] = []
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                self.artifacts = json.load(f)
+
+    def add(self, artifact: dict) -> None:
+        self.artifacts.append(artifact)
+
+    def save(self) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with open(self.path + ".tmp", "w") as f:
+            json.dump(self.artifacts, f, indent=1)
+        os.replace(self.path + ".tmp", self.path)
+
+    def query(self, filter_text: str) -> Optional[dict]:
+        """The latest LIVE artifact matching a KFP filter of `key=value` / `key="value"` terms joined by AND."""
+        terms = []
+        for term in re.split(r"\s+AND\s+", filter_text.strip()):
+            key, value = term.split("=", 1)
+            terms.append((key.strip(), value.strip().strip('"')))
+
+        def matches(artifact):
+            for key, value in terms:
+                if key == "schema_title":
+                    got = artifact["type"]["schemaTitle"]
+                elif key == "state":
+                    got = "LIVE" if artifact.get("live") else "PENDING"
+                elif key == "name":
+                    got = artifact["name"]
+                elif key.startswith("metadata."):
+                    field = key.split(".")[1]
+                    got = artifact.get("metadata", {}).get(field)
+                    got = str(int(got)) if isinstance(got, (int, float)) else got
+                    value = str(int(float(value))) if key.endswith("number_value") else value
+                else:
+                    raise ValueError(f"unsupported resolver filter term {key}")
+                if str(got) != value:
+                    return False
+            return True
+
+        found = [a for a in self.artifacts if matches(a)]
+        return found[-1] if found else None
+
+
+def _placeholders(text: str, inputs: Dict[str, List[dict]]) -> str:
+    """Resolves {{$.inputs.artifacts['key'].metadata['field']}} from the task's input artifacts."""
+    def value(match):
+        artifact = inputs[match.group(1)][0]
+        got = artifact.get("metadata", {}).get(match.group(2), "")
+        return str(int(got)) if isinstance(got, float) and got.is_integer() else str(got)
+
+    return re.sub(r"\{\{\$\.inputs\.artifacts\['([^']+)'\]\.metadata\['([^']+)'\]\}\}", value, text)
+
+
+def run(spec_file: str, pipeline_root: str, beam_args: Optional[List[str]] = None) -> Dict[str, Dict[str, list]]:
+    """Executes every task of a compiled PipelineJob JSON; returns task → output key → artifacts."""
+    with open(spec_file) as f:
+        job = json.load(f)
+    spec = job.get("pipelineSpec", job)
+    tasks, components = spec["root"]["dag"]["tasks"], spec["components"]
+    executors = spec["deploymentSpec"]["executors"]
+    store = Store(pipeline_root)
+    run_id = time.strftime("run-%Y%m%d-%H%M%S")
+    outputs: Dict[str, Dict[str, list]] = {}
+    for name in _order(tasks):
+        task, component = tasks[name], components[tasks[name]["componentRef"]["name"]]
+        executor = executors[component["executorLabel"]]
+        inputs = {key: outputs.get(source["taskOutputArtifact"]["producerTask"], {}).get(
+                      source["taskOutputArtifact"]["outputArtifactKey"], [])
+                  for key, source in task.get("inputs", {}).get("artifacts", {}).items()}
+        inputs = {key: artifacts for key, artifacts in inputs.items() if artifacts}  # optional inputs left empty
+        started = time.time()
+        if "resolver" in executor:
+            outputs[name] = {}
+            for key, query in executor["resolver"]["outputArtifactQueries"].items():
+                try:
+                    found = store.query(_placeholders(query["filter"], inputs))
+                except KeyError:  # the filter reads an input that resolved to nothing
+                    found = None
+                outputs[name][key] = [found] if found else []
+            log.info("%s: resolved %s", name, {k: [a["name"] for a in v] for k, v in outputs[name].items()})
+            continue
+        task_root = os.path.join(pipeline_root, run_id, name)
+        declared = component.get("outputDefinitions", {}).get("artifacts", {})
+        produced = {key: [{"name": f"{run_id}/{name}/{key}", "uri": os.path.join(task_root, key),
+                           "type": {"schemaTitle": _schema_title(d["artifactType"])}, "metadata": {}}]
+                    for key, d in declared.items()}
+        if "importer" in executor:
+            importer = executor["importer"]
+            uri = _constant(task["inputs"]["parameters"]["artifact_uri"]) if "artifact_uri" in task.get(
+                "inputs", {}).get("parameters", {}) else _constant(importer["artifactUri"])
+            artifact = {"name": f"{run_id}/{name}/result", "uri": uri, "live": True,
+                        "type": {"schemaTitle": _schema_title(importer["typeSchema"])}, "metadata": {}}
+            store.add(artifact)
+            outputs[name] = {"result": [artifact]}
+            continue
+        declared_parameters = task.get("inputs", {}).get("parameters", {})
+        executor_input = {  # parameters in both spellings: Value protos (pipeline spec 2.0) and plain values
+            "inputs": {"parameters": {key: value["runtimeValue"]["constantValue"] for key, value
+                                      in declared_parameters.items() if "constantValue" in value.get("runtimeValue", {})},
+                       "parameterValues": {key: _constant(value) for key, value in declared_parameters.items()},
+                       "artifacts": {key: {"artifacts": [{k: a[k] for k in ("name", "uri", "type", "metadata")}
+                                                         for a in artifacts]} for key, artifacts in inputs.items()}},
+            "outputs": {"artifacts": {key: {"artifacts": artifacts} for key, artifacts in produced.items()},
+                        "outputFile": os.path.join(task_root, "executor_output.json")}}
+        os.makedirs(task_root, exist_ok=True)
+        container = executor["container"]
+        steps = [container["lifecycle"]["preCacheCheck"]] if "preCacheCheck" in container.get("lifecycle", {}) else []
+        for step in steps + [container]:
+            argv = [sys.executable if part == "python" else part for part in step["command"]]
+            argv += [json.dumps(executor_input) if part == "{{$}}" else part for part in step["args"]]
+            if step is container:
+                argv += list(beam_args or [])
+            log_path = os.path.join(task_root, "log.txt")
+            with open(log_path, "a") as task_log:
+                code = subprocess.call(argv, stdout=task_log, stderr=subprocess.STDOUT,
+                                       env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
+            if code != 0:
+                store.save()
+                raise TaskFailed(name, code, log_path)
+        with open(executor_input["outputs"]["outputFile"]) as f:
+            written = json.load(f).get("artifacts", {})
+        for key, artifacts in produced.items():
+            for artifact, update in zip(artifacts, written.get(key, {}).get("artifacts", [])):
+                artifact["metadata"].update(update.get("metadata", {}))
+            for artifact in artifacts:
+                artifact["live"] = True
+                store.add(artifact)
+        store.save()
+        outputs[name] = produced
+        log.info("%s: done in %.1f s", name, time.time() - started)
+    return outputs

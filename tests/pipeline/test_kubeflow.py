@@ -1,0 +1,99 @@
+"""The compiled Kubeflow spec, executed: every task through its own container command and arguments
+(pipeline.kubeflow_local), and the parts of `submit` and of the image that run without a cluster."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipeline import kubeflow_local, runners
+from tests.conftest import e2e_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _compiled(tmp_path):
+    out = tmp_path / "spec.json"
+    runners.compile_kubeflow(e2e_config(tmp_path), "gs://bucket/root", "img:1", str(out))
+    with open(out) as f:
+        return out, json.load(f)["pipelineSpec"]
+
+
+def test_every_module_and_class_the_spec_names_imports_as_named(tmp_path):
+    """What the image must hold: each task's `python -m MODULE` and each class path and custom artifact type
+    in its arguments, imported in a fresh interpreter of the project's environment."""
+    _, spec = _compiled(tmp_path)
+    modules, classes = set(), set()
+    for executor in spec["deploymentSpec"]["executors"].values():
+        container = executor.get("container")
+        if not container:
+            continue
+        for step in [container, *container.get("lifecycle", {}).values()]:
+            assert step["command"][:2] == ["python", "-m"], step["command"]
+            modules.add(step["command"][2])
+            args = step["args"]
+            if "--executor_class_path" in args:
+                classes.add(args[args.index("--executor_class_path") + 1])
+    for component in spec["components"].values():
+        for direction in ("inputDefinitions", "outputDefinitions"):
+            for artifact in component.get(direction, {}).get("artifacts", {}).values():
+                title = kubeflow_local._schema_title(artifact["artifactType"])
+                if not title.startswith("tfx."):
+                    classes.add(title)  # custom types: TFX's entrypoint imports the schema title
+    assert {"tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor",
+            "tfx.orchestration.kubeflow.v2.file_based_example_gen.driver"} <= modules
+    assert "components.CompressionReportArtifact" in classes and "components.pusher.Executor" in classes
+    code = ("import importlib, sys\nfrom tfx.utils import import_utils\n"
+            f"for m in {sorted(modules)!r}: importlib.util.find_spec(m) or sys.exit('missing module ' + m)\n"
+            f"for c in {sorted(classes)!r}: import_utils.import_class_by_path(c)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_task_order_and_resolver_filters():
+    tasks = {"b": {"dependentTasks": ["a"]}, "a": {},
+             "c": {"inputs": {"artifacts": {"x": {"taskOutputArtifact": {"producerTask": "b"}}}}}}
+    assert kubeflow_local._order(tasks) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="cycle"):
+        kubeflow_local._order({"a": {"dependentTasks": ["b"]}, "b": {"dependentTasks": ["a"]}})
+
+
+def test_submit_without_a_server_fails_clearly(tmp_path):
+    spec_file, _ = _compiled(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "submit", "--spec", str(spec_file), "--host",
+                           f"http://127.0.0.1:{port}"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1 and f"could not submit to http://127.0.0.1:{port}" in proc.stderr, proc.stderr[-2000:]
+    package = yaml.safe_load(open(os.path.splitext(spec_file)[0] + ".pipeline.yaml"))  # what was uploaded
+    assert package["schemaVersion"] == "2.1.0" and "Pusher" in package["root"]["dag"]["tasks"]
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "submit", "--spec", str(tmp_path / "nope.json"),
+                           "--host", "http://x"], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+@pytest.mark.e2e
+def test_compiled_spec_runs_end_to_end_and_a_second_run_resolves_the_pushed_model(tmp_path):
+    """Two executions of the compiled spec through TFX's v2 entrypoint: the first pushes a blessed model,
+    the second's resolver tasks find it and the Evaluator compares the new model with it."""
+    config = e2e_config(tmp_path)
+    config.hparams.epochs, config.compression.prune_epochs = 3, 1
+    first = runners.run_kubeflow_local(config)
+    assert first.pushed_dir and os.path.isfile(os.path.join(first.pushed_dir, "saved_model.pb")), first.refusal
+    assert os.path.dirname(first.pushed_dir) == config.serving_dir
+    assert first.outputs["latest_pushed_model_resolver-model-resolver"]["model"] == []  # nothing served yet
+
+    second = runners.run_kubeflow_local(config)
+    assert second.pushed_dir and second.pushed_dir != first.pushed_dir, second.refusal
+    resolved = second.outputs["latest_pushed_model_resolver-model-resolver"]["model"]
+    assert [a["uri"] for a in resolved] == [first.outputs["Compressor"]["compressed_model"][0]["uri"]]
+    evaluation = second.outputs["Evaluator"]["blessing"][0]["metadata"]
+    assert evaluation["baseline_model_id"] == first.outputs["Compressor"]["compressed_model"][0]["name"]
+    assert sorted(os.listdir(config.serving_dir)) == sorted(
+        os.path.basename(p) for p in (first.pushed_dir, second.pushed_dir))
