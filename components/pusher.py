@@ -4,9 +4,12 @@
   run killed during the copy leaves no version directory (TF Serving and serving/ ignore names that
   are not numbers); the next push removes such leftovers. On object stores, where a rename is a
   copy, the model server's complete-version check is what protects it.
-- `serving_record` is a ModelBlessing (blessed=1, current_model_id = the pushed model) written only
-  when the model was pushed. The next run's Evaluator compares against the model it names (the
-  latest *pushed* one), never against a model that was blessed but whose push did not happen.
+- `serving_record` is a ModelBlessing naming the model served after this run (blessed=1,
+  current_model_id): the pushed model, or when nothing was pushed the model the Evaluator compared
+  with (blessed=0 when nothing is served). The next run's Evaluator compares against the model it
+  names, never against a model that was blessed but whose push did not happen. Under Kubeflow, whose
+  compiled resolver takes the latest blessed=1 ModelBlessing of any producer, the Pusher's record is
+  the latest one of every run that reaches the Pusher.
 """
 import logging
 import os
@@ -39,8 +42,14 @@ class Executor(pusher_executor.Executor):
         record = artifact_utils.get_single_instance(output_dict[SERVING_RECORD])
         record.set_int_custom_property("blessed", 0)
         tf.io.gfile.makedirs(record.uri)
+        blessing = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_BLESSING_KEY])
         if not self.CheckBlessing(input_dict):
             self._MarkNotPushed(model_push)
+            if blessing.has_custom_property("baseline_model_id"):  # the model compared with is still served
+                record.set_int_custom_property("blessed", 1)
+                for key in ("current_model", "current_model_id"):
+                    record.mlmd_artifact.custom_properties[key].CopyFrom(
+                        blessing.mlmd_artifact.custom_properties[key.replace("current", "baseline")])
             return
         model_path = self.GetModelPath(input_dict)
         destination = proto_utils.json_to_proto(
@@ -63,7 +72,6 @@ class Executor(pusher_executor.Executor):
         io_utils.copy_dir(model_path, model_push.uri)  # the archived copy, as TFX's Pusher keeps it
         self._MarkPushed(model_push, pushed_destination=target, pushed_version=version)
         model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
-        blessing = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_BLESSING_KEY])
         record.set_int_custom_property("blessed", 1)
         record.set_string_custom_property("current_model", model.uri)
         record.set_int_custom_property("current_model_id", model.id)

@@ -81,3 +81,15 @@ def test_unblessed_model_is_not_pushed_and_not_recorded_as_served(tmp_path):
     assert not tf.io.gfile.exists(str(tmp_path / "serving")) or not os.listdir(tmp_path / "serving")
     assert outputs[pusher.SERVING_RECORD][0].get_int_custom_property("blessed") == 0
     assert outputs["pushed_model"][0].get_int_custom_property("pushed") == 0
+
+
+def test_refused_model_records_the_model_still_served(tmp_path):
+    inputs, outputs, properties = _push_args(tmp_path, _fake_model(tmp_path))
+    blessing = inputs["model_blessing"][0]
+    blessing.set_int_custom_property("blessed", 0)
+    blessing.set_int_custom_property("baseline_model_id", 3)
+    blessing.set_string_custom_property("baseline_model", "/served/model")
+    pusher.Executor().Do(inputs, outputs, properties)
+    record = outputs[pusher.SERVING_RECORD][0]
+    assert record.get_int_custom_property("blessed") == 1 and record.get_int_custom_property("current_model_id") == 3
+    assert record.get_string_custom_property("current_model") == "/served/model"
