@@ -12,6 +12,19 @@ SHUFFLE_BUFFER_BYTES = 64 << 20  # the shuffle buffer holds at most this much of
 MIN_STEPS_PER_EPOCH = 20  # on tiny data an "epoch" (a validation interval) is several passes
 
 
+class DataError(ValueError):
+    """The input data cannot be used; the message says what is wrong and what to do."""
+
+
+def require_examples(file_patterns: List[str], split: str) -> int:
+    """The number of examples of a split; a DataError when it has none."""
+    count = count_examples(file_patterns)
+    if count == 0:
+        raise DataError(f"the {split} split is empty: the hash split (4:1 by image) put no example there. "
+                        "Add examples (a few dozen at least), then run again.")
+    return count
+
+
 def dataset(fn_args, file_patterns: List[str], tft_output, batch_size: int, seed: int,
             train: bool) -> tf.data.Dataset:
     """(features, label) batches of a transformed split.

@@ -24,6 +24,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
+from models.data import DataError  # noqa: F401  (raised here; the CLI maps it to exit 2)
+
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
 CLASS_NAME_KEY = "class_name"
@@ -33,8 +35,6 @@ TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfr", ".gz")
 _SPAN_DIR = re.compile(r"^span-(\d+)$")
 
 
-class DataError(ValueError):
-    """The input data cannot be used; the message says what is wrong and what to do."""
 
 
 Shape = Tuple[int, int, int]
