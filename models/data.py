@@ -20,7 +20,7 @@ def require_examples(file_patterns: List[str], split: str) -> int:
     """The number of examples of a split; a DataError when it has none."""
     count = count_examples(file_patterns)
     if count == 0:
-        raise DataError(f"the {split} split is empty: the hash split (4:1 by image) put no example there. "
+        raise DataError(f"the {split} split is empty: the deterministic hash split put no example there. "
                         "Add examples (a few dozen at least), then run again.")
     return count
 

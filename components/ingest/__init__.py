@@ -13,7 +13,7 @@ def ImageExampleGen(input_base: str, input_pattern: str, data_config: dict, buck
       input_base: the data folder (spans live in `span-N/` sub-folders).
       input_pattern: glob relative to input_base; `{SPAN}` selects the latest span.
       data_config: format, image_shape, class_names, image_feature, label_feature, skip_bad_files.
-      buckets: hash buckets of the train and eval splits (a deterministic split on the image pixels).
+      buckets: hash buckets of the train and eval splits (a deterministic split).
     """
     return FileBasedExampleGen(
         input_base=input_base,
@@ -22,7 +22,7 @@ def ImageExampleGen(input_base: str, input_pattern: str, data_config: dict, buck
         output_config=example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
             example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=buckets[0]),
             example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=buckets[1]),
-        ], partition_feature_name="image")),  # by the pixels only: duplicates stay together, renames keep the split
+        ])),
         custom_config=data_config,
         custom_executor_spec=executor_spec.BeamExecutorSpec(executor.Executor),
     )

@@ -55,6 +55,7 @@ def few_shot_run(output, data, base_model=None):
     config = PipelineConfig(output_dir=str(output), base_model=base_model)
     config.data.path, config.data.image_shape = str(data), (8, 8, 1)
     config.data.num_classes = 10  # labels 5..9 only: the class set must be stated
+    config.eval_fraction_buckets = (2, 1)  # 15 examples: a 4:1 hash split leaves the eval split empty
     config.compression.prune = config.compression.qat = False
     config.thresholds.min_accuracy = 0.0
     return runners.run_local(config)
