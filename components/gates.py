@@ -11,6 +11,7 @@ from tfx.v1.dsl.components import InputArtifact, OutputArtifact, Parameter, comp
 from components.compressor.report import MODEL_STAGES, CompressionReport, CompressionReportArtifact
 
 CLASS_SLICE = "class_name"  # the example feature the Evaluator slices classes on
+SERVED_MODEL_CHANGE = " change vs. the served model"  # ends a regression check's metric name
 SPARSITY_TOLERANCE = 0.005  # measured sparsity may fall this far under the target (rounding per layer)
 
 
@@ -125,7 +126,7 @@ def failed_checks(evaluation_uri: str, min_slice_examples: int) -> List[FailedCh
             threshold = failure.metric_threshold
             metric = failure.metric_key.name.replace("sparse_categorical_", "")
             if failure.metric_key.is_diff:
-                metric += " change vs. the served model"
+                metric += SERVED_MODEL_CHANGE
                 bound = f">= {threshold.change_threshold.absolute.value:+.4f}"
             else:
                 bound = f">= {threshold.value_threshold.lower_bound.value:g}"
@@ -150,10 +151,9 @@ def QualityGate(report: InputArtifact[CompressionReportArtifact],
     """
     checks = failed_checks(evaluation.uri, min_slice_examples)
     reasons = [str(c) for c in checks if c.judged]
-    baseline = (evaluator_blessing.get_string_custom_property("baseline_model")
-                if evaluator_blessing.has_custom_property("baseline_model") else "")
-    if reasons and any("served model" in r for r in reasons):
-        reasons.append(f"compared with the served model {baseline}")
+    if any(c.judged and c.metric.endswith(SERVED_MODEL_CHANGE) for c in checks):
+        reasons.append(f"compared with the served model "
+                       f"{evaluator_blessing.get_string_custom_property('baseline_model')}")
     verdict = compression_verdict(CompressionReport.load(report.uri), max_accuracy_drop)
     if verdict:
         reasons.append(verdict)

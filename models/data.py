@@ -16,13 +16,11 @@ class DataError(ValueError):
     """The input data cannot be used; the message says what is wrong and what to do."""
 
 
-def require_examples(file_patterns: List[str], split: str) -> int:
-    """The number of examples of a split; a DataError when it has none."""
-    count = count_examples(file_patterns)
-    if count == 0:
+def require_examples(file_patterns: List[str], split: str) -> None:
+    """A DataError when a split holds no example (reads at most one record)."""
+    if not any(True for _ in _records(file_patterns).take(1)):
         raise DataError(f"the {split} split is empty: the deterministic hash split put no example there. "
                         "Add examples (a few dozen at least), then run again.")
-    return count
 
 
 def dataset(fn_args, file_patterns: List[str], tft_output, batch_size: int, seed: int,
@@ -40,12 +38,16 @@ def dataset(fn_args, file_patterns: List[str], tft_output, batch_size: int, seed
     return fn_args.data_accessor.tf_dataset_factory(file_patterns, options, schema)
 
 
-def count_examples(file_patterns: List[str]) -> int:
-    """Records in the (gzip) TFRecord files, counted in one streamed pass without parsing them."""
+def _records(file_patterns: List[str]) -> tf.data.Dataset:
+    """The raw records of the (gzip) TFRecord files, unparsed."""
     files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
     compression = "GZIP" if files and files[0].endswith(".gz") else ""
-    return int(tf.data.TFRecordDataset(files, compression_type=compression, num_parallel_reads=4)
-               .reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+    return tf.data.TFRecordDataset(files, compression_type=compression, num_parallel_reads=4)
+
+
+def count_examples(file_patterns: List[str]) -> int:
+    """Records in the (gzip) TFRecord files, counted in one streamed pass without parsing them."""
+    return int(_records(file_patterns).reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
 
 
 def steps(num_examples: int, batch_size: int) -> int:

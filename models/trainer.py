@@ -56,8 +56,9 @@ def run_fn(fn_args) -> None:
     log.info("Training on %s, seed %d; %s", plan.describe(), seed, config.get("start", "from scratch"))
 
     # Step counts: TrainArgs/EvalArgs when given, else one pass over each split per epoch.
-    train_examples = data.require_examples(fn_args.train_files, "train")
+    data.require_examples(fn_args.train_files, "train")
     data.require_examples(fn_args.eval_files, "eval")
+    train_examples = data.count_examples(fn_args.train_files)
     steps_per_epoch = (-(-fn_args.train_steps // hp["epochs"]) if fn_args.train_steps
                        else data.steps(train_examples, hp["batch_size"]))
     train = data.dataset(fn_args, fn_args.train_files, tft_output, hp["batch_size"], seed, train=True)

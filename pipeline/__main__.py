@@ -257,7 +257,12 @@ def _print_summary(result, config) -> None:
               f"--model {config.model_name}")
         print(f"  tensorboard: .venv/bin/python -m pipeline tensorboard --output {output_dir}")
     else:
-        print("\nNOT pushed:\n  " + (result.refusal or "see the log above").replace("\n", "\n  "))
+        print("\n" + _not_pushed(result.refusal))
+
+
+def _not_pushed(refusal: str) -> str:
+    """'NOT pushed:' and each reason on its own indented line."""
+    return "NOT pushed:\n  " + (refusal or "see the log above").replace("\n", "\n  ")
 
 
 def main(argv=None) -> int:
@@ -384,8 +389,7 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         print(f"\ncompiled spec: {result.spec_file}")
-        print(f"pushed: {result.pushed_dir}" if result.pushed_dir else
-              "NOT pushed:\n  " + (result.refusal or "see the log above").replace("\n", "\n  "))
+        print(f"pushed: {result.pushed_dir}" if result.pushed_dir else _not_pushed(result.refusal))
         print(f"total {time.time() - start:.0f} s")
         return 0 if result.pushed_dir else 1
     try:

@@ -264,29 +264,34 @@ def latest_run(metadata_path: str, pipeline_name: str) -> RunResult:
                      compression_report=report, training=training, artifacts=outputs)
 
 
-def compile_kubeflow(config: PipelineConfig, pipeline_root: str, image: str, output_file: str,
-                     serving_dir: Optional[str] = None) -> Dict:
-    """Writes a Kubeflow Pipelines v2 spec (JSON) offline; returns it parsed. The Pusher pushes to
-    `serving_dir` (default <pipeline_root>/serving/<model>)."""
-    from tfx import v1 as tfx
-
+def _compile_data(config: PipelineConfig) -> formats.DataFacts:
+    """What a compiled pipeline reads: the bundled digits in the image, local data probed, remote data as stated."""
     spec = config.data
     if spec.path is None:  # the bundled digits, baked into the image by the Dockerfile
-        data = formats.DataFacts(path=BUNDLED_DATA_IN_IMAGE, format="tfrecord", input_pattern="span-{SPAN}/*",
+        return formats.DataFacts(path=BUNDLED_DATA_IN_IMAGE, format="tfrecord", input_pattern="span-{SPAN}/*",
                                  image_shape=formats.DIGITS_SHAPE, class_names=formats.DIGITS_CLASSES)
-    elif "://" not in spec.path:  # local data can be probed; remote data must be described
-        data = prepare_data(config)
-    else:
-        missing = [f for f, v in (("--image-shape", spec.image_shape),
-                                  ("--num-classes or --class-names", spec.num_classes or spec.class_names),
-                                  ("--input-pattern", spec.input_pattern), ("--format", spec.format != "auto"))
-                   if not v]
-        if missing:
-            raise ValueError(f"data at {spec.path} cannot be read while compiling; pass {', '.join(missing)}.")
-        data = formats.DataFacts(path=spec.path, format=spec.format, input_pattern=spec.input_pattern,
-                                 image_shape=tuple(spec.image_shape),
-                                 class_names=tuple(spec.class_names or (str(i) for i in range(spec.num_classes))),
-                                 image_feature=spec.image_feature, label_feature=spec.label_feature)
+    if "://" not in spec.path:  # local data can be probed; remote data must be described
+        return prepare_data(config)
+    missing = [f for f, v in (("--image-shape", spec.image_shape),
+                              ("--num-classes or --class-names", spec.num_classes or spec.class_names),
+                              ("--input-pattern", spec.input_pattern), ("--format", spec.format != "auto"))
+               if not v]
+    if missing:
+        raise ValueError(f"data at {spec.path} cannot be read while compiling; pass {', '.join(missing)}.")
+    return formats.DataFacts(path=spec.path, format=spec.format, input_pattern=spec.input_pattern,
+                             image_shape=tuple(spec.image_shape),
+                             class_names=tuple(spec.class_names or (str(i) for i in range(spec.num_classes))),
+                             image_feature=spec.image_feature, label_feature=spec.label_feature)
+
+
+def compile_kubeflow(config: PipelineConfig, pipeline_root: str, image: str, output_file: str,
+                     serving_dir: Optional[str] = None, data: Optional[formats.DataFacts] = None) -> Dict:
+    """Writes a Kubeflow Pipelines v2 spec (JSON) offline; returns it parsed. The Pusher pushes to
+    `serving_dir` (default <pipeline_root>/serving/<model>); `data` is what the pipeline reads (default:
+    found from config.data)."""
+    from tfx import v1 as tfx
+
+    data = data or _compile_data(config)
     pipeline = dag.create_pipeline(config, data, pipeline_root=pipeline_root, beam_args=config.beam_args,
                                    serving_dir=serving_dir or os.path.join(pipeline_root, "serving", config.model_name))
     output_dir, filename = os.path.split(os.path.abspath(output_file))
@@ -319,10 +324,9 @@ def run_kubeflow_local(config: PipelineConfig) -> KubeflowLocalResult:
 
     data = prepare_data(config)  # writes the bundled digits when no --data is given
     log.info("%s", data.describe())
-    config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=data.path, format=data.format))
     root = os.path.abspath(os.path.join(config.output_dir, "kubeflow_root"))
     spec_file = os.path.join(root, "pipeline.json")
-    compile_kubeflow(config, root, image="local", output_file=spec_file, serving_dir=config.serving_dir)
+    compile_kubeflow(config, root, image="local", output_file=spec_file, serving_dir=config.serving_dir, data=data)
     outputs = kubeflow_local.run(spec_file, root, beam_args=local_beam_args(config, data))
     pushed = outputs.get(dag.PUSHER, {}).get("pushed_model", [{}])[0].get("metadata", {})
     gate = outputs.get(dag.GATE, {}).get("blessing", [{}])[0].get("metadata", {})
