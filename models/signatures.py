@@ -111,10 +111,16 @@ def export(model, tft_output, image_shape, class_names, export_dir: str) -> None
             "classify": module.classify.get_concrete_function(),
         }
         tf.saved_model.save(module, export_dir, signatures=signatures)
-    # tf.saved_model.save marks every signature as a predict one; TF Serving's Classify API needs this kind.
+    set_method_names(export_dir, {"classify": CLASSIFY_METHOD})
+
+
+def set_method_names(export_dir: str, methods: dict) -> None:
+    """Sets signature kinds (`{"classify": "tensorflow/serving/classify"}`) in a saved model: tf.saved_model.save
+    marks every signature as a predict one, and TF Serving's Classify and Regress APIs need their own kind."""
     path = os.path.join(export_dir, "saved_model.pb")
     saved_model = saved_model_pb2.SavedModel.FromString(tf.io.gfile.GFile(path, "rb").read())
-    saved_model.meta_graphs[0].signature_def["classify"].method_name = CLASSIFY_METHOD
+    for name, method in methods.items():
+        saved_model.meta_graphs[0].signature_def[name].method_name = method
     with tf.io.gfile.GFile(path + ".tmp", "wb") as f:
         f.write(saved_model.SerializeToString())
     tf.io.gfile.rename(path + ".tmp", path, overwrite=True)

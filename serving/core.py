@@ -5,15 +5,19 @@ import collections
 import contextlib
 import dataclasses
 import queue
+import re
 import threading
 import time
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import error_codes_pb2 as errors_pb2
 
 from serving.errors import ServingError
 from serving.repository import Repository, Servable
+from serving.request_log import RequestLog
 
 DEFAULT_SIGNATURE = "serving_default"
 
@@ -30,44 +34,56 @@ def input_specs(function) -> Dict[str, tf.TensorSpec]:
     return dict(function.structured_input_signature[1])
 
 
+def dtype_name(dtype) -> str:
+    """TF's name of a dtype as its error messages write it: float, double, int64, string, ..."""
+    if isinstance(dtype, np.dtype) and dtype.kind in "OSU":
+        return "string"
+    return types_pb2.DataType.Name(tf.as_dtype(dtype).as_datatype_enum)[3:].lower()
+
+
 def check_inputs(function, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """Inputs cast to the signature's dtypes; INVALID_ARGUMENT names what does not match."""
+    """The inputs, if their names, dtypes and shapes match the signature; else INVALID_ARGUMENT, as TF Serving.
+
+    Nothing is cast: a double tensor for a float input is refused, as TF Serving refuses it.
+    """
     specs = input_specs(function)
     if set(inputs) != set(specs):
         missing, extra = sorted(set(specs) - set(inputs)), sorted(set(inputs) - set(specs))
         what = (f"input tensor alias not found in signature: {extra[0]}" if extra
                 else f"missing input tensor alias: {missing[0]}")
         raise ServingError("INVALID_ARGUMENT", f"{what}. Inputs expected to be in the set {{{','.join(sorted(specs))}}}.")
-    checked = {}
-    for name, spec in specs.items():
-        value = inputs[name]
-        try:
-            if spec.dtype == tf.string:
-                array = np.asarray(value, dtype=object)
-                if array.size and not all(isinstance(v, bytes) for v in array.reshape(-1)):
-                    raise TypeError("expected strings")
-            else:
-                array = np.asarray(value)
-                if array.dtype == object or array.dtype.kind in "USV":
-                    raise TypeError(f"expected {spec.dtype.name} values")
-                if spec.dtype.is_integer and array.dtype.kind == "f":
-                    raise TypeError(f"expected integers for {spec.dtype.name}")
-                array = array.astype(spec.dtype.as_numpy_dtype)
-        except (TypeError, ValueError) as e:
-            raise ServingError("INVALID_ARGUMENT", f"input '{name}': {e}") from e
+    for index, name in enumerate(sorted(specs)):
+        spec, array = specs[name], inputs[name]
+        wanted, given = dtype_name(spec.dtype), dtype_name(array.dtype)
+        if wanted != given:
+            raise ServingError("INVALID_ARGUMENT", f"Expects arg[{index}] to be {wanted} but {given} is provided")
+        if wanted == "string" and array.size and not all(isinstance(v, bytes) for v in array.reshape(-1)):
+            raise ServingError("INVALID_ARGUMENT", f"input '{name}': expected strings")
         if not spec.shape.is_compatible_with(array.shape):
             raise ServingError("INVALID_ARGUMENT", f"input '{name}' has shape {list(array.shape)}, but the "
-                                                   f"signature expects {spec.shape.as_list()} (None = any size)")
-        checked[name] = array
-    return checked
+                                                   f"signature expects {spec.shape.as_list()} (-1 or None = any size)")
+    return inputs
+
+
+_STACK = re.compile(r"Detected at node .*? defined at \(most recent call last\):\n(?:(?:  |<stack).*\n)*")
+
+
+def model_error(error: tf.errors.OpError) -> ServingError:
+    """The op's own message under its own status code, without Python's graph-function wrapping."""
+    message = _STACK.sub("", error.message.replace("Graph execution error:", ""))
+    message = re.sub(r"\{\{function_node [^}]*\}\}|\[Op:[^\]]*\]", "", message)
+    message = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    code = errors_pb2.Code.Name(error.error_code) if error.error_code in errors_pb2.Code.values() else "UNKNOWN"
+    return ServingError(code, message or type(error).__name__)
 
 
 def run(function, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     try:
         outputs = function(**{k: tf.constant(v) for k, v in inputs.items()})
-    except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
-        message = getattr(e, "message", str(e)).split("\n")[0]
-        raise ServingError("INVALID_ARGUMENT", message) from e
+    except tf.errors.OpError as e:
+        raise model_error(e) from e
+    except (ValueError, TypeError) as e:  # refused by the graph function before it runs
+        raise ServingError("INVALID_ARGUMENT", str(e).split("\n")[0]) from e
     return {k: v.numpy() for k, v in outputs.items()}
 
 
@@ -81,8 +97,8 @@ class BatchingParameters:
 
 
 class _Task:
-    def __init__(self, inputs):
-        self.inputs, self.rows = inputs, len(next(iter(inputs.values())))
+    def __init__(self, inputs, function):
+        self.inputs, self.rows, self.function = inputs, len(next(iter(inputs.values()))), function
         self.done, self.outputs, self.error = threading.Event(), None, None
 
 
@@ -98,13 +114,15 @@ class Batcher:
     def __call__(self, servable, name, function, inputs):
         if any(a.ndim == 0 for a in inputs.values()) or len({len(a) for a in inputs.values()}) != 1:
             return run(function, inputs)
-        key = (id(servable), name, tuple((k, a.shape[1:], a.dtype.str) for k, a in sorted(inputs.items())))
+        # Tasks carry their function: the workers hold no servable, so an unloaded version can be freed.
+        key = (servable.name, servable.version, name,
+               tuple((k, a.shape[1:], a.dtype.str) for k, a in sorted(inputs.items())))
         with self._lock:
             if key not in self._queues:
                 self._queues[key] = queue.Queue(self.params.max_enqueued_batches * self.params.max_batch_size)
                 for _ in range(self.params.num_batch_threads):
-                    threading.Thread(target=self._work, args=(self._queues[key], function), daemon=True).start()
-        task = _Task(inputs)
+                    threading.Thread(target=self._work, args=(self._queues[key],), daemon=True).start()
+        task = _Task(inputs, function)
         try:
             self._queues[key].put_nowait(task)
         except queue.Full:
@@ -114,7 +132,7 @@ class Batcher:
             raise task.error
         return task.outputs
 
-    def _work(self, tasks: "queue.Queue[_Task]", function) -> None:
+    def _work(self, tasks: "queue.Queue[_Task]") -> None:
         while True:
             batch = [tasks.get()]
             deadline = time.monotonic() + self.params.batch_timeout_micros / 1e6
@@ -124,7 +142,7 @@ class Batcher:
                     task = tasks.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
-                if rows + task.rows > self.params.max_batch_size:
+                if rows + task.rows > self.params.max_batch_size or task.function is not batch[0].function:
                     tasks.put(task)  # next batch
                     break
                 batch.append(task)
@@ -132,7 +150,7 @@ class Batcher:
             self.batches[rows] += 1
             try:
                 merged = {k: np.concatenate([t.inputs[k] for t in batch]) for k in batch[0].inputs}
-                outputs = run(function, merged)
+                outputs = run(batch[0].function, merged)
                 start = 0
                 for t in batch:
                     t.outputs = {k: v[start:start + t.rows] for k, v in outputs.items()}
@@ -145,6 +163,7 @@ class Batcher:
                     t.error = ServingError("INTERNAL", str(e))
             for t in batch:
                 t.done.set()
+            batch = merged = outputs = task = t = None  # hold no servable while idle
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -197,10 +216,14 @@ class Metrics:
 
 # ----------------------------------------------------------------------------- the core
 class InferenceCore:
-    def __init__(self, repository: Repository, batching: Optional[BatchingParameters] = None):
+    def __init__(self, repository: Repository, batching: Optional[BatchingParameters] = None,
+                 request_log: Optional[RequestLog] = None):
         self.repository = repository
         self.batcher = Batcher(batching) if batching else None
         self.metrics = Metrics()
+        self.request_log = request_log or RequestLog()
+        self.request_log.configure(list(repository.models.values()))
+        self.draining = False
         self._inflight = 0
         self._inflight_lock = threading.Condition()
 
@@ -216,6 +239,14 @@ class InferenceCore:
                 self._inflight -= 1
                 self._inflight_lock.notify_all()
 
+    def ready(self, model: Optional[str] = None) -> Optional[bool]:
+        """Whether `model` (None: every model) has a version AVAILABLE and the server is not draining;
+        None for an unknown model."""
+        loaded = self.repository.loaded_versions()
+        if model is not None and model not in loaded:
+            return None
+        return not self.draining and all(loaded[m] for m in ([model] if model else loaded))
+
     def drain(self, timeout: float) -> bool:
         with self._inflight_lock:
             return self._inflight_lock.wait_for(lambda: self._inflight == 0, timeout)
@@ -228,53 +259,57 @@ class InferenceCore:
             return name, self.batcher(servable, name, function, checked)
         return name, run(function, checked)
 
-    def examples_call(self, servable: Servable, signature_name: str, serialized: List[bytes]):
-        """Runs a signature whose single input takes serialized tf.Examples (classify/regress)."""
+    def examples_call(self, servable: Servable, signature_name: str, serialized: List[bytes], kind: str):
+        """Runs a classify or regress signature (`kind`) on serialized tf.Examples, checked as TF Serving checks it."""
         name, function = signature_of(servable, signature_name)
-        specs = input_specs(function)
-        if len(specs) != 1 or next(iter(specs.values())).dtype != tf.string:
-            raise ServingError("INVALID_ARGUMENT", f"Expected classification/regression signature \"{name}\" "
-                                                   "to take one string input of serialized tf.Examples")
-        return name, run(function, {next(iter(specs)): np.asarray(serialized, dtype=object)})
+        definition = servable.signature_defs[name]
+        method = f"tensorflow/serving/{kind}"
+        what = {"classify": "classification", "regress": "regression"}[kind]
+        if definition.method_name != method:
+            raise ServingError("INVALID_ARGUMENT", f"Expected {what} signature method_name to be {method}. "
+                                                   f"Was: {definition.method_name}")
+        if len(definition.inputs) != 1:
+            raise ServingError("INVALID_ARGUMENT", "Expected one input Tensor.")
+        if not serialized:
+            raise ServingError("INVALID_ARGUMENT", "Input is empty.")
+        outputs = run(function, {next(iter(definition.inputs)): np.asarray(serialized, dtype=object)})
+        for key, value in outputs.items():
+            if value.ndim == 0 or len(value) != len(serialized):
+                raise ServingError("INVALID_ARGUMENT", f"Input batch size did not match output batch size: "
+                                                       f"{len(serialized)} vs. {value.shape[0] if value.ndim else 0}")
+        return name, outputs
 
     def classify(self, servable, signature_name, serialized):
-        """[(label, score), ...] per example from `scores` (or `probabilities`) and optional `classes`."""
-        name, outputs = self.examples_call(servable, signature_name, serialized)
-        scores = outputs.get("scores", outputs.get("probabilities"))
-        if scores is None:
-            raise ServingError("INVALID_ARGUMENT", f"signature \"{name}\" has no scores output")
-        scores = scores.reshape(len(serialized), -1)
-        classes = outputs.get("classes")
-        if classes is None or classes.dtype != object or classes.size != scores.size:
-            classes = np.tile(np.arange(scores.shape[1]).astype(str), (len(serialized), 1))
-        classes = classes.reshape(scores.shape)
-        return name, [[(c.decode() if isinstance(c, bytes) else str(c), float(s)) for c, s in zip(cs, ss)]
-                      for cs, ss in zip(classes, scores)]
+        """[(label, score), ...] per example from the `classes` and `scores` outputs, as TF Serving's classifier."""
+        name, outputs = self.examples_call(servable, signature_name, serialized, "classify")
+        classes, scores = outputs.get("classes"), outputs.get("scores")
+        if classes is None and scores is None:
+            raise ServingError("INVALID_ARGUMENT", "Expected classification signature outputs to contain at least "
+                                                   "one of \"classes\" or \"scores\".")
+        if classes is not None and dtype_name(classes.dtype) != "string":
+            raise ServingError("INVALID_ARGUMENT", f"Expected classes Tensor of DT_STRING. Got: "
+                                                   f"DT_{dtype_name(classes.dtype).upper()}")
+        if scores is not None and scores.dtype != np.float32:
+            raise ServingError("INVALID_ARGUMENT", f"Expected scores Tensor of DT_FLOAT. Got: "
+                                                   f"DT_{dtype_name(scores.dtype).upper()}")
+        rows = len(serialized)
+        classes = None if classes is None else classes.reshape(rows, -1)
+        scores = None if scores is None else scores.reshape(rows, -1)
+        if classes is not None and scores is not None and classes.shape != scores.shape:
+            raise ServingError("INVALID_ARGUMENT", f"Tensors class and score should match in shape: "
+                                                   f"{list(classes.shape)} vs. {list(scores.shape)}")
+        width = (classes if classes is not None else scores).shape[1]
+        return name, [[(classes[i, j].decode("utf-8", "replace") if classes is not None else "",
+                        float(scores[i, j]) if scores is not None else 0.0) for j in range(width)]
+                      for i in range(rows)]
 
     def regress(self, servable, signature_name, serialized):
-        name, outputs = self.examples_call(servable, signature_name, serialized)
-        values = outputs.get("outputs", next(iter(outputs.values())) if len(outputs) == 1 else None)
-        if values is None:
-            raise ServingError("INVALID_ARGUMENT", f"signature \"{name}\" has no 'outputs' output")
-        return name, [float(v) for v in values.reshape(len(serialized), -1)[:, 0]]
-
-
-def example_from_json(features: dict, context: Optional[dict] = None) -> bytes:
-    """A tf.Example from TF Serving's JSON: floats → float_list, ints/bools → int64_list, strings → bytes_list."""
-    import base64
-
-    merged = dict(context or {})
-    merged.update(features)
-    feature = {}
-    for key, value in merged.items():
-        values = value if isinstance(value, list) else [value]
-        if all(isinstance(v, bool) or isinstance(v, int) for v in values):
-            feature[key] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
-        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            feature[key] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
-        elif all(isinstance(v, (str, dict)) for v in values):
-            data = [base64.b64decode(v["b64"]) if isinstance(v, dict) else v.encode() for v in values]
-            feature[key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=data))
-        else:
-            raise ServingError("INVALID_ARGUMENT", f"feature '{key}': values must be all numbers or all strings")
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+        name, outputs = self.examples_call(servable, signature_name, serialized, "regress")
+        if set(outputs) != {"outputs"}:
+            raise ServingError("INVALID_ARGUMENT", "Expected one output Tensor named \"outputs\"; the signature has "
+                                                   f"{sorted(outputs)}")
+        values = outputs["outputs"].reshape(len(serialized), -1)
+        if values.shape[1] != 1:
+            raise ServingError("INVALID_ARGUMENT", f"Expected output Tensor shape to be either [batch_size] or "
+                                                   f"[batch_size, 1] but got {list(outputs['outputs'].shape)}")
+        return name, [float(v) for v in values[:, 0]]

@@ -1,17 +1,82 @@
-"""TF Serving's gRPC API (tensorflow-serving-api protos) over the inference core."""
+"""TF Serving's gRPC API (tensorflow-serving-api protos) over the inference core, plus grpc.health.v1."""
 from __future__ import annotations
 
+import os
 import time
 from concurrent import futures
 
 import grpc
+import numpy as np
 import tensorflow as tf
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
-                                     inference_pb2, model_service_pb2_grpc, predict_pb2,
+                                     inference_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_log_pb2,
                                      prediction_service_pb2_grpc, regression_pb2, status_pb2)
 
 from serving.core import InferenceCore
 from serving.errors import ServingError
+
+# The typed repeated field TF Serving fills for each dtype (Tensor::AsProtoField; predict_util.cc kAsProtoField).
+_TYPED_FIELD = {
+    types_pb2.DT_FLOAT: "float_val", types_pb2.DT_DOUBLE: "double_val", types_pb2.DT_INT32: "int_val",
+    types_pb2.DT_INT16: "int_val", types_pb2.DT_INT8: "int_val", types_pb2.DT_UINT8: "int_val",
+    types_pb2.DT_UINT16: "int_val", types_pb2.DT_INT64: "int64_val", types_pb2.DT_UINT32: "uint32_val",
+    types_pb2.DT_UINT64: "uint64_val", types_pb2.DT_BOOL: "bool_val", types_pb2.DT_STRING: "string_val",
+    types_pb2.DT_HALF: "half_val", types_pb2.DT_BFLOAT16: "half_val",
+    types_pb2.DT_COMPLEX64: "scomplex_val", types_pb2.DT_COMPLEX128: "dcomplex_val",
+}
+
+
+def tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
+    """`array` in the typed repeated field of its dtype, as TF Serving answers (official clients read .float_val)."""
+    dtype = tf.string if array.dtype == object or array.dtype.kind in "SU" else tf.as_dtype(array.dtype)
+    proto = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum,
+                                   tensor_shape=tf.TensorShape(array.shape).as_proto())
+    values = array.reshape(-1)
+    if dtype in (tf.float16, tf.bfloat16):
+        values = values.view(np.uint16)
+    elif dtype.is_complex:
+        values = np.stack([values.real, values.imag], axis=-1).reshape(-1)
+    getattr(proto, _TYPED_FIELD[dtype.as_datatype_enum]).extend(values.tolist())
+    return proto
+
+
+def tensor_array(proto: tensor_pb2.TensorProto, name: str, max_bytes: int) -> np.ndarray:
+    """A request tensor (typed fields or tensor_content), refused with INVALID_ARGUMENT when malformed or too big."""
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if proto.tensor_shape.unknown_rank or any(d < 0 for d in dims):
+        raise ServingError("INVALID_ARGUMENT", f"input '{name}': the tensor shape {dims} is not fully defined")
+    if proto.dtype not in _TYPED_FIELD:
+        raise ServingError("INVALID_ARGUMENT", f"input '{name}': dtype "
+                                               f"{types_pb2.DataType.Name(proto.dtype) if proto.dtype in types_pb2.DataType.values() else proto.dtype}"
+                                               " is not supported in a request")
+    size = int(np.prod(dims, dtype=object)) * (tf.as_dtype(proto.dtype).size if proto.dtype != types_pb2.DT_STRING else 1)
+    if size > max_bytes:
+        raise ServingError("INVALID_ARGUMENT", f"input '{name}': a tensor of shape {dims} ({size} bytes) exceeds "
+                                               f"the limit of {max_bytes} bytes")
+    try:
+        return tf.make_ndarray(proto)
+    except Exception as e:  # a size that does not match the shape, a bad dtype: the proto is malformed
+        raise ServingError("INVALID_ARGUMENT", f"input '{name}': malformed TensorProto ({e})") from e
+
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MAX_WARMUP_RECORDS = 1000
+
+
+def read_warmup(version_dir: str) -> list:
+    """The PredictionLog records of a version's warm-up file (none without one); at most 1,000, as TF Serving."""
+    path = os.path.join(version_dir, WARMUP_FILE)
+    if not os.path.exists(path):
+        return []
+    records = []
+    for data in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        records.append(prediction_log_pb2.PredictionLog.FromString(data))
+        if len(records) > MAX_WARMUP_RECORDS:
+            raise ValueError(f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}")
+    return records
 
 
 def _servable(core: InferenceCore, spec):
@@ -34,11 +99,11 @@ def _serialized_examples(request_input) -> list:
             example.MergeFrom(e)
             merged.append(example.SerializeToString())
         return merged
-    raise ServingError("INVALID_ARGUMENT", "Input is empty")
+    raise ServingError("INVALID_ARGUMENT", "Input is empty.")
 
 
 class _Guard:
-    """Maps ServingError (and anything unexpected) onto gRPC status codes; counts the request."""
+    """Maps ServingError (and anything unexpected) onto gRPC status codes; counts and logs the request."""
 
     def __init__(self, core, context, api, model):
         self.core, self.context, self.api, self.model = core, context, api, model
@@ -62,35 +127,28 @@ class _Guard:
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, core: InferenceCore):
-        self.core = core
+    """Each RPC resolves its servable, then runs on it; warm-up replays logged requests on a version being loaded."""
 
-    def Predict(self, request, context):
-        with _Guard(self.core, context, "predict", request.model_spec.name):
-            servable = _servable(self.core, request.model_spec)
-            try:
-                inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-            except Exception as e:
-                raise ServingError("INVALID_ARGUMENT", f"malformed TensorProto: {e}") from e
-            name, outputs = self.core.predict(servable, request.model_spec.signature_name, inputs)
-            response = predict_pb2.PredictResponse()
-            response.model_spec.name = servable.name
-            response.model_spec.version.value = servable.version
-            response.model_spec.signature_name = name
-            wanted = set(request.output_filter) or set(outputs)
-            unknown = wanted - set(outputs)
-            if unknown:
-                raise ServingError("INVALID_ARGUMENT", f"output tensor alias not found in signature: {sorted(unknown)[0]}")
-            for key in wanted:
-                response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key]))
-            return response
+    def __init__(self, core: InferenceCore, max_tensor_bytes: int = 16 << 20):
+        self.core, self.max_tensor_bytes = core, max_tensor_bytes
 
-    def Classify(self, request, context):
-        with _Guard(self.core, context, "classify", request.model_spec.name):
-            return self._classify(request)
+    # ------------------------------------------------------------------ on a given servable
+    def predict(self, servable, request) -> predict_pb2.PredictResponse:
+        inputs = {k: tensor_array(v, k, self.max_tensor_bytes) for k, v in request.inputs.items()}
+        name, outputs = self.core.predict(servable, request.model_spec.signature_name, inputs)
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        response.model_spec.signature_name = name
+        wanted = set(request.output_filter) or set(outputs)
+        unknown = wanted - set(outputs)
+        if unknown:
+            raise ServingError("INVALID_ARGUMENT", f"output tensor alias not found in signature: {sorted(unknown)[0]}")
+        for key in sorted(wanted):
+            response.outputs[key].CopyFrom(tensor_proto(outputs[key]))
+        return response
 
-    def _classify(self, request):
-        servable = _servable(self.core, request.model_spec)
+    def classify(self, servable, request) -> classification_pb2.ClassificationResponse:
         name, results = self.core.classify(servable, request.model_spec.signature_name,
                                            _serialized_examples(request.input))
         response = classification_pb2.ClassificationResponse()
@@ -102,12 +160,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 classifications.classes.add(label=label, score=score)
         return response
 
-    def Regress(self, request, context):
-        with _Guard(self.core, context, "regress", request.model_spec.name):
-            return self._regress(request)
-
-    def _regress(self, request):
-        servable = _servable(self.core, request.model_spec)
+    def regress(self, servable, request) -> regression_pb2.RegressionResponse:
         name, values = self.core.regress(servable, request.model_spec.signature_name,
                                          _serialized_examples(request.input))
         response = regression_pb2.RegressionResponse()
@@ -117,22 +170,67 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.result.regressions.add(value=value)
         return response
 
-    def MultiInference(self, request, context):
-        model = request.tasks[0].model_spec.name if request.tasks else ""
-        with _Guard(self.core, context, "multi_inference", model):
-            response = inference_pb2.MultiInferenceResponse()
-            for task in request.tasks:
-                if task.method_name.endswith("classify"):
-                    sub = classification_pb2.ClassificationRequest(model_spec=task.model_spec, input=request.input)
-                    result = self._classify(sub)
-                    response.results.add(model_spec=result.model_spec, classification_result=result.result)
-                elif task.method_name.endswith("regress"):
-                    sub = regression_pb2.RegressionRequest(model_spec=task.model_spec, input=request.input)
-                    result = self._regress(sub)
-                    response.results.add(model_spec=result.model_spec, regression_result=result.result)
-                else:
-                    raise ServingError("UNIMPLEMENTED", f"Unsupported signature method_name: {task.method_name}")
+    def multi_inference(self, servable, request) -> inference_pb2.MultiInferenceResponse:
+        if not request.tasks:
+            raise ServingError("INVALID_ARGUMENT", "MultiInferenceRequest must have at least one task")
+        seen = set()
+        for task in request.tasks:
+            if task.model_spec.name != request.tasks[0].model_spec.name:
+                raise ServingError("INVALID_ARGUMENT", "All ModelSpecs in a MultiInferenceRequest must access the "
+                                                       "same model name")
+            if task.model_spec.signature_name in seen:
+                raise ServingError("INVALID_ARGUMENT", "Duplicate evaluation of signature: "
+                                                       f"{task.model_spec.signature_name}")
+            seen.add(task.model_spec.signature_name)
+            if task.method_name not in ("tensorflow/serving/classify", "tensorflow/serving/regress"):
+                raise ServingError("INVALID_ARGUMENT", f"Unsupported signature method_name: {task.method_name}")
+        response = inference_pb2.MultiInferenceResponse()
+        for task in request.tasks:
+            if task.method_name.endswith("classify"):
+                sub = classification_pb2.ClassificationRequest(model_spec=task.model_spec, input=request.input)
+                result = self.classify(servable, sub)
+                response.results.add(model_spec=result.model_spec, classification_result=result.result)
+            else:
+                sub = regression_pb2.RegressionRequest(model_spec=task.model_spec, input=request.input)
+                result = self.regress(servable, sub)
+                response.results.add(model_spec=result.model_spec, regression_result=result.result)
+        return response
+
+    def warmup(self, servable, records, iterations: int) -> int:
+        """Replays PredictionLog `records` on `servable`, each `iterations` times; any failure fails the load."""
+        for log in records:
+            kind = log.WhichOneof("log_type")
+            request = {"predict_log": lambda: log.predict_log.request,
+                       "classify_log": lambda: log.classify_log.request,
+                       "regress_log": lambda: log.regress_log.request,
+                       "multi_inference_log": lambda: log.multi_inference_log.request}.get(kind)
+            if request is None:
+                raise ValueError(f"warm-up request of unsupported type {kind}")
+            run = getattr(self, kind[:-len("_log")])
+            for _ in range(iterations):
+                run(servable, request())
+        return len(records)
+
+    # ------------------------------------------------------------------ the RPCs
+    def _call(self, api, request, context, spec):
+        with _Guard(self.core, context, api, spec.name):
+            servable = _servable(self.core, spec)
+            response = getattr(self, api)(servable, request)
+            self.core.request_log.record(servable.name, f"{api}_log", request, response)
             return response
+
+    def Predict(self, request, context):
+        return self._call("predict", request, context, request.model_spec)
+
+    def Classify(self, request, context):
+        return self._call("classify", request, context, request.model_spec)
+
+    def Regress(self, request, context):
+        return self._call("regress", request, context, request.model_spec)
+
+    def MultiInference(self, request, context):
+        spec = request.tasks[0].model_spec if request.tasks else predict_pb2.PredictRequest().model_spec
+        return self._call("multi_inference", request, context, spec)
 
     def GetModelMetadata(self, request, context):
         with _Guard(self.core, context, "metadata", request.model_spec.name):
@@ -170,17 +268,47 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
                     status=status_pb2.StatusProto(error_code=2 if state.error else 0, error_message=state.error))
             return response
 
+    def HandleReloadConfigRequest(self, request, context):
+        """Applies a new ModelServerConfig: adds, removes and re-labels models; returns once new models serve."""
+        from serving.repository import models_from_proto
+
+        with _Guard(self.core, context, "reload_config", ""):
+            try:
+                models = models_from_proto(request.config)
+            except ValueError as e:
+                raise ServingError("INVALID_ARGUMENT", str(e)) from e
+            self.core.repository.reconfigure(models)
+            self.core.request_log.configure(models)
+            return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto(error_code=0))
+
+
+class Health(health_pb2_grpc.HealthServicer):
+    """grpc.health.v1: "" is the whole server (SERVING while every model has a version AVAILABLE and it is not
+    draining); a model name is that model."""
+
+    def __init__(self, core: InferenceCore):
+        self.core = core
+
+    def Check(self, request, context):
+        ready = self.core.ready(request.service or None)
+        if ready is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse(status=status)
+
 
 def make_server(core: InferenceCore, host: str, port: int, max_message_bytes: int = 16 << 20,
-                workers: int = 16) -> grpc.Server:
+                workers: int = 16, health: bool = True) -> grpc.Server:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes)])
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core), server)
+    server.prediction_service = PredictionService(core, max_message_bytes)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(server.prediction_service, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
+    if health:
+        health_pb2_grpc.add_HealthServicer_to_server(Health(core), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC to {host}:{port}")
     server.bound_port = bound
     return server
-

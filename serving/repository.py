@@ -7,12 +7,13 @@ shard is present); half-written directories are retried on the next poll.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import re
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 from google.protobuf import text_format
@@ -23,6 +24,8 @@ from serving.errors import ServingError
 
 log = logging.getLogger(__name__)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+VERSION = re.compile(r"^[0-9]{1,19}$")
+RETRY_SECONDS = (1, 2, 4, 8, 16, 30, 60)  # waits before retrying a version that failed to load
 
 
 @dataclasses.dataclass
@@ -33,36 +36,69 @@ class ModelConfig:
     num_latest: int = 1
     versions: tuple = ()
     labels: Dict[str, int] = dataclasses.field(default_factory=dict)
+    logging: Optional[Tuple[str, float]] = None  # request log: (filename_prefix, sampling_rate)
+
+
+def models_from_proto(config: model_server_config_pb2.ModelServerConfig) -> List[ModelConfig]:
+    """The models of a TF Serving `ModelServerConfig` (model_config_list); ValueError names what is wrong."""
+    if config.WhichOneof("config") == "custom_model_config":
+        raise ValueError("custom_model_config is not supported; use model_config_list")
+    models = []
+    for c in config.model_config_list.config:
+        if not NAME.match(c.name):
+            raise ValueError(f"model name '{c.name}' must be letters, digits, '_', '.', '-'")
+        if not c.base_path:
+            raise ValueError(f"model '{c.name}' has no base_path")
+        if c.model_platform not in ("", "tensorflow"):
+            raise ValueError(f"model '{c.name}': model_platform '{c.model_platform}' is not supported (tensorflow)")
+        policy = c.model_version_policy
+        kind = policy.WhichOneof("policy_choice") or "latest"
+        logging_config = None
+        if c.HasField("logging_config"):
+            prefix = c.logging_config.log_collector_config.filename_prefix
+            rate = c.logging_config.sampling_config.sampling_rate
+            if not prefix or not 0 <= rate <= 1:
+                raise ValueError(f"model '{c.name}': logging_config needs log_collector_config.filename_prefix and "
+                                 f"a sampling_rate in [0, 1] (got {rate})")
+            logging_config = (prefix, rate)
+        models.append(ModelConfig(
+            name=c.name, base_path=c.base_path, policy=kind,
+            num_latest=(policy.latest.num_versions or 1) if kind == "latest" else 1,
+            versions=tuple(policy.specific.versions) if kind == "specific" else (),
+            labels=dict(c.version_labels), logging=logging_config))
+    if len({m.name for m in models}) != len(models):
+        raise ValueError("model names must be unique")
+    return models
 
 
 def parse_config_file(path: str) -> List[ModelConfig]:
     """Reads a TF Serving `ModelServerConfig` text proto (model_config_list)."""
     with open(path) as f:
-        config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
-    models = []
-    for c in config.model_config_list.config:
-        policy = c.model_version_policy
-        kind = policy.WhichOneof("policy_choice") or "latest"
-        models.append(ModelConfig(
-            name=c.name, base_path=c.base_path, policy=kind,
-            num_latest=(policy.latest.num_versions or 1) if kind == "latest" else 1,
-            versions=tuple(policy.specific.versions) if kind == "specific" else (),
-            labels=dict(c.version_labels)))
-    for m in models:
-        if not NAME.match(m.name):
-            raise ValueError(f"model name '{m.name}' must be letters, digits, '_', '.', '-'")
-    return models
+        try:
+            config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
+        except text_format.ParseError as e:
+            raise ValueError(f"{path}: {e}") from e
+    return models_from_proto(config)
+
+
+def version_of(name: str) -> Optional[int]:
+    """The version a directory name stands for (ASCII digits, as TF Serving parses them), or None."""
+    if VERSION.match(name) and int(name) < 2 ** 63:
+        return int(name)
+    return None
 
 
 def complete_version(path: str) -> bool:
-    """True when saved_model.pb parses and every variables shard named by the index is there."""
+    """True when saved_model.pb parses and every variables shard the model needs is there."""
     try:
         with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-            saved_model_pb2.SavedModel.FromString(f.read())
-    except (OSError, Exception):  # missing, or a truncated protobuf
+            saved_model = saved_model_pb2.SavedModel.FromString(f.read())
+    except Exception:  # missing, or a truncated protobuf
         return False
+    has_variables = any(node.WhichOneof("kind") == "variable"
+                        for graph in saved_model.meta_graphs for node in graph.object_graph_def.nodes)
     variables = os.path.join(path, "variables")
-    if not os.path.isdir(variables):
+    if not has_variables and not os.path.isdir(variables):
         return True
     if not os.path.exists(os.path.join(variables, "variables.index")):
         return False
@@ -71,6 +107,19 @@ def complete_version(path: str) -> bool:
         return False
     total = int(shards[0].rsplit("-of-", 1)[1])
     return len(shards) == total
+
+
+def _fingerprint(path: str) -> tuple:
+    """Sizes and modification times of a version's files: a version still being written changes it."""
+    entries = []
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.stat(os.path.join(root, name))
+            except OSError:
+                continue
+            entries.append((os.path.relpath(os.path.join(root, name), path), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(entries))
 
 
 class Servable:
@@ -94,16 +143,33 @@ class VersionState:
 class Repository:
     """Keeps the wanted versions of every configured model loaded; resolves requests to servables."""
 
+    SETTLE_SECONDS = 1.0  # a version with a file changed more recently than this is still being written
+
     def __init__(self, models: List[ModelConfig], poll_seconds: float = 1.0, on_load=None):
-        self.models = {m.name: m for m in models}
+        self.models: Dict[str, ModelConfig] = {}
         self.poll_seconds = poll_seconds
         self.on_load = on_load  # callback(servable) after a load, before it serves (warm-up)
-        self._lock = threading.Lock()
-        self._servables: Dict[str, Dict[int, Servable]] = {m.name: {} for m in models}
-        self._states: Dict[str, Dict[int, VersionState]] = {m.name: {} for m in models}
-        self._failed: Dict[tuple, int] = {}
+        self._lock = threading.Lock()  # guards the maps below; held only briefly
+        self._poll_lock = threading.Lock()  # one scan or reconfiguration at a time
+        self._servables: Dict[str, Dict[int, Servable]] = {}
+        self._states: Dict[str, Dict[int, VersionState]] = {}
+        self._retry: Dict[tuple, tuple] = {}  # (model, version) → (failures, next try, files when it failed)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._apply(models)
+
+    def _apply(self, models: List[ModelConfig]) -> List[Servable]:
+        """Swaps the model set; returns the servables of removed models (to drop outside the lock)."""
+        with self._lock:
+            removed = [s for name in self.models if name not in {m.name for m in models}
+                       for s in self._servables.pop(name).values()]
+            for name in [n for n in self.models if n not in {m.name for m in models}]:
+                del self._states[name]
+            self.models = {m.name: m for m in models}
+            for m in models:
+                self._servables.setdefault(m.name, {})
+                self._states.setdefault(m.name, {})
+        return removed
 
     # ------------------------------------------------------------------ discovery and loading
     def _on_disk(self, model: ModelConfig) -> Dict[int, str]:
@@ -113,12 +179,20 @@ class Repository:
             return {}
         versions = {}
         for name in names:
-            if name.isdigit() and os.path.isdir(os.path.join(model.base_path, name)):
-                versions[int(name)] = os.path.join(model.base_path, name)
+            version = version_of(name)
+            if version is not None and os.path.isdir(os.path.join(model.base_path, name)):
+                versions[version] = os.path.join(model.base_path, name)
         return versions
 
+    def _ready_on_disk(self, path: str) -> bool:
+        if not complete_version(path):
+            return False
+        newest = max((entry[2] for entry in _fingerprint(path)), default=0)
+        return time.time() - newest / 1e9 >= self.SETTLE_SECONDS
+
     def _wanted(self, model: ModelConfig, on_disk: Dict[int, str]) -> List[int]:
-        complete = sorted(v for v, p in on_disk.items() if complete_version(p))
+        loaded = self._servables[model.name]
+        complete = sorted(v for v, p in on_disk.items() if v in loaded or self._ready_on_disk(p))
         if model.policy == "all":
             return complete
         if model.policy == "specific":
@@ -126,7 +200,12 @@ class Repository:
         return complete[-model.num_latest:]
 
     def poll_once(self) -> None:
-        for model in self.models.values():
+        with self._poll_lock:
+            self._poll()
+
+    def _poll(self) -> None:
+        unloaded = []
+        for model in list(self.models.values()):
             on_disk = self._on_disk(model)
             if not on_disk:
                 log.warning("No versions of servable %s found under base path %s. Did you forget to name "
@@ -134,7 +213,7 @@ class Repository:
                             model.name)
             wanted = self._wanted(model, on_disk)
             for version in wanted:
-                if version not in self._servables[model.name] and self._failed.get((model.name, version), 0) < 3:
+                if version not in self._servables[model.name] and self._due(model.name, version, on_disk[version]):
                     self._load(model, version, on_disk[version])
             # Unload only what is no longer wanted, and only once something wanted is AVAILABLE.
             with self._lock:
@@ -142,8 +221,22 @@ class Repository:
                 if any(v in loaded for v in wanted):
                     for version in [v for v in loaded if v not in wanted]:
                         self._states[model.name][version] = VersionState("END")
-                        del loaded[version]
+                        unloaded.append(loaded.pop(version))
                         log.info("Unloaded %s version %d", model.name, version)
+        self._release(unloaded)
+
+    @staticmethod
+    def _release(servables: List[Servable]) -> None:
+        """Drops unloaded versions now: a SavedModel's objects form reference cycles that only a full
+        collection frees, so without it every swap would keep the old version's memory."""
+        if servables:
+            servables.clear()
+            gc.collect()
+
+    def _due(self, name: str, version: int, path: str) -> bool:
+        """A version that failed to load is retried after a growing wait, or at once when its files changed."""
+        failures, next_try, files = self._retry.get((name, version), (0, 0.0, None))
+        return not failures or time.monotonic() >= next_try or _fingerprint(path) != files
 
     def _load(self, model: ModelConfig, version: int, path: str) -> None:
         with self._lock:
@@ -153,18 +246,49 @@ class Repository:
             if self.on_load:
                 self.on_load(servable)
         except Exception as e:  # a broken version must not take the server down
-            self._failed[(model.name, version)] = self._failed.get((model.name, version), 0) + 1
-            log.error("Loading %s version %d failed: %s", model.name, version, e)
+            failures = self._retry.get((model.name, version), (0,))[0] + 1
+            wait = RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1]
+            self._retry[(model.name, version)] = (failures, time.monotonic() + wait, _fingerprint(path))
+            message = " ".join(str(e).split())[:2000]
+            log.error("Loading %s version %d failed (attempt %d; retrying in %d s or when its files change): %s",
+                      model.name, version, failures, wait, message)
             with self._lock:
-                self._states[model.name][version] = VersionState("END", f"{type(e).__name__}: {e}")
+                if model.name in self._states:
+                    self._states[model.name][version] = VersionState("END", f"{type(e).__name__}: {message}")
             return
+        self._retry.pop((model.name, version), None)
         with self._lock:
+            if model.name not in self._servables:  # removed by a reconfiguration meanwhile
+                return
             self._servables[model.name][version] = servable
             self._states[model.name][version] = VersionState("AVAILABLE")
         log.info("Successfully loaded servable version {name: %s version: %d}", model.name, version)
 
+    def reconfigure(self, models: List[ModelConfig]) -> None:
+        """Applies a new model set (TF Serving's ReloadConfig): loads what is new before returning; a label
+        must name an AVAILABLE version, or the reconfiguration fails with FAILED_PRECONDITION and keeps
+        the previous labels."""
+        with self._poll_lock:
+            previous = {name: dict(m.labels) for name, m in self.models.items()}
+            self._release(self._apply(models))
+            self._poll()
+            bad = [(m.name, label, v) for m in models for label, v in m.labels.items()
+                   if v not in self._servables[m.name]]
+            if bad:
+                for m in models:
+                    m.labels = previous.get(m.name, {})
+                name, label, version = bad[0]
+                raise ServingError("FAILED_PRECONDITION", f"Request to assign label to version {version} of model "
+                                                          f"{name}, which is not currently available for inference")
+            log.info("Reloaded the model config: %s", ", ".join(sorted(self.models)))
+
     def start(self) -> None:
+        """Loads what is on disk; a version written just now is waited for until it settles."""
         self.poll_once()
+        deadline = time.monotonic() + self.SETTLE_SECONDS + 1
+        while not self.all_available() and time.monotonic() < deadline:
+            time.sleep(0.2)
+            self.poll_once()
         if self.poll_seconds > 0:
             self._thread = threading.Thread(target=self._poll_loop, name="version-poller", daemon=True)
             self._thread.start()

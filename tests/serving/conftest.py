@@ -8,6 +8,8 @@ import time
 import pytest
 import tensorflow as tf
 
+from models import signatures
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -45,6 +47,8 @@ def write_half_plus_two(path, a=0.5, b=2.0):
     tf.saved_model.save(module, tmp, signatures={
         "serving_default": module.predict, "regress_x_to_y": module.regress,
         "classify_x_to_y": module.classify, "two_inputs": module.two_inputs})
+    signatures.set_method_names(tmp, {"classify_x_to_y": "tensorflow/serving/classify",
+                                      "regress_x_to_y": "tensorflow/serving/regress"})
     os.replace(tmp, path)
 
 

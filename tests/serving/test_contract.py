@@ -73,7 +73,7 @@ def test_rest_classify_and_regress(server):
     assert http(server, "POST", "/v1/models/half_plus_two:regress", {
         "signature_name": "regress_x_to_y", "examples": [{"x": 1.0}, {"x": 4.0}]}) == (200, {"results": [2.5, 4.0]})
     assert http(server, "POST", "/v1/models/half_plus_two:classify", {
-        "signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]}) == (200, {"results": [[["0", 3.0]]]})
+        "signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]}) == (200, {"results": [[["", 3.0]]]})
 
 
 @pytest.mark.parametrize("method, path, body, status, message", [
@@ -88,11 +88,13 @@ def test_rest_classify_and_regress(server):
     ("GET", "/v1/foo", None, 400, "Malformed request"),
     ("POST", "/v1/models/half_plus_two:predict", {"instances": [1.0], "inputs": [1.0]}, 400, "Not both"),
     ("POST", "/v1/models/half_plus_two:predict", {"signature_name": "serving_default"}, 400, "Missing 'inputs'"),
-    ("POST", "/v1/models/half_plus_two:predict", {"instances": ["a"]}, 400, "expected float"),
+    ("POST", "/v1/models/half_plus_two:predict", {"instances": ["a"]}, 400,
+     'JSON Value: "a" Type: String is not of expected type: float'),
     ("POST", "/v1/models/half_plus_two:predict", {"instances": [[1.0, 2.0]]}, 400, "shape"),
     ("POST", "/v1/models/half_plus_two:predict", {"instances": [[1.0], 2.0]}, 400, "same shape"),
     ("POST", "/v1/models/half_plus_two:predict", {"signature_name": "two_inputs",
-                                                  "inputs": {"pair": [[1.5, 2]], "tag": ["t"]}}, 400, "integers"),
+                                                  "inputs": {"pair": [[1.5, 2]], "tag": ["t"]}}, 400,
+     "JSON Value: 1.5 Type: Double is not of expected type: int64"),
     ("POST", "/v1/models/half_plus_two:predict", {"signature_name": "nope", "instances": [1.0]}, 400,
      "Serving signature name: \"nope\" not found"),
     ("POST", "/v1/models/..%2F..%2Fetc:predict", {"instances": [1.0]}, 404, "Servable not found"),
@@ -109,7 +111,7 @@ def test_rest_bad_json_and_oversized_body(server):
     assert code == 400 and payload["error"].startswith("JSON Parse error")
     code, payload = http(server, "POST", "/v1/models/half_plus_two:predict",
                          raw=json.dumps({"instances": [1.0] * 50000}).encode())
-    assert code == 429 and "exceeds the limit" in payload["error"]
+    assert code == 413 and "exceeds the limit" in payload["error"]
     assert http(server, "GET", "/v1/models/half_plus_two")[0] == 200
 
 

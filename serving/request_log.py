@@ -1,0 +1,116 @@
+"""Request logging per model, as TF Serving's `logging_config`: a sampled share of requests and their responses
+as PredictionLog records in rotated TFRecord files.
+
+    config { name: "digits" base_path: "..."
+             logging_config { log_collector_config { filename_prefix: "/logs/digits" }
+                              sampling_config { sampling_rate: 0.01 } } }
+
+Files are `<filename_prefix>-<start ms>-<n>.tfrecord`. A file being written is named `....tfrecord.partial`; it is
+renamed when it reaches `max_file_bytes` or `max_file_seconds`, or when the server stops, so every `*.tfrecord`
+file is complete. Read them with `tf.data.TFRecordDataset` and `PredictionLog.FromString`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from typing import Dict, List
+
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+
+log = logging.getLogger(__name__)
+
+
+class _File:
+    def __init__(self, prefix: str, sequence: int):
+        self.path = f"{prefix}-{int(time.time() * 1000)}-{sequence:05d}.tfrecord"
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self.writer = tf.io.TFRecordWriter(self.path + ".partial")
+        self.opened, self.bytes = time.monotonic(), 0
+
+    def close(self) -> None:
+        self.writer.close()
+        os.replace(self.path + ".partial", self.path)
+
+
+class _ModelLog:
+    def __init__(self, model: str, prefix: str, rate: float):
+        self.model, self.prefix, self.rate = model, prefix, rate
+        self.file, self.sequence = None, 0
+
+
+class RequestLog:
+    """Writes sampled requests of the models whose config has a `logging_config`; thread-safe."""
+
+    def __init__(self, max_file_bytes: int = 64 << 20, max_file_seconds: float = 300.0):
+        self.max_file_bytes, self.max_file_seconds = max_file_bytes, max_file_seconds
+        self._lock = threading.Lock()
+        self._models: Dict[str, _ModelLog] = {}
+
+    def configure(self, models: List) -> None:
+        """Takes the logging settings of `models` (ModelConfig); models no longer logged get their file closed."""
+        with self._lock:
+            wanted = {m.name: m.logging for m in models if m.logging}
+            for name in list(self._models):
+                entry = self._models[name]
+                if name not in wanted or wanted[name] != (entry.prefix, entry.rate):
+                    self._close(entry)
+                    del self._models[name]
+            for name, (prefix, rate) in wanted.items():
+                self._models.setdefault(name, _ModelLog(name, prefix, rate))
+
+    def wanted(self, model: str) -> bool:
+        """Whether to log this request (the sampling draw)."""
+        entry = self._models.get(model)
+        return entry is not None and random.random() < entry.rate
+
+    def record(self, model: str, kind: str, request, response, sampled: bool = None) -> None:
+        """Logs `request`/`response` as a PredictionLog of `kind` (predict_log, classify_log, ...) when sampled."""
+        if sampled is None:
+            sampled = self.wanted(model)
+        if not sampled:
+            return
+        config = self._models.get(model)
+        if config is None:
+            return
+        entry = prediction_log_pb2.PredictionLog()
+        entry.log_metadata.sampling_config.sampling_rate = config.rate
+        entry.log_metadata.model_spec.CopyFrom(response.model_spec if response.HasField("model_spec")
+                                               else request.model_spec)
+        entry.log_metadata.model_spec.name = model
+        entry.log_metadata.timestamp_secs = int(time.time())
+        getattr(entry, kind).request.CopyFrom(request)
+        getattr(entry, kind).response.CopyFrom(response)
+        data = entry.SerializeToString()
+        with self._lock:
+            target = self._models.get(model)
+            if target is None:
+                return
+            try:
+                if target.file is None:
+                    target.sequence += 1
+                    target.file = _File(target.prefix, target.sequence)
+                target.file.writer.write(data)
+                target.file.writer.flush()
+                target.file.bytes += len(data)
+                if (target.file.bytes >= self.max_file_bytes
+                        or time.monotonic() - target.file.opened >= self.max_file_seconds):
+                    self._close(target)
+            except OSError as e:  # a full disk must not fail the request that was answered
+                log.error("request log of %s: %s", model, e)
+
+    def _close(self, entry: _ModelLog) -> None:
+        if entry.file is not None:
+            try:
+                entry.file.close()
+            except OSError as e:
+                log.error("request log of %s: %s", entry.model, e)
+            entry.file = None
+
+    def close(self) -> None:
+        with self._lock:
+            for entry in self._models.values():
+                self._close(entry)
