@@ -171,8 +171,6 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     def multi_inference(self, servable, request) -> inference_pb2.MultiInferenceResponse:
-        if not request.tasks:
-            raise ServingError("INVALID_ARGUMENT", "MultiInferenceRequest must have at least one task")
         seen = set()
         for task in request.tasks:
             if task.model_spec.name != request.tasks[0].model_spec.name:
@@ -229,8 +227,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return self._call("regress", request, context, request.model_spec)
 
     def MultiInference(self, request, context):
-        spec = request.tasks[0].model_spec if request.tasks else predict_pb2.PredictRequest().model_spec
-        return self._call("multi_inference", request, context, spec)
+        if not request.tasks:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "MultiInferenceRequest must have at least one task")
+        return self._call("multi_inference", request, context, request.tasks[0].model_spec)
 
     def GetModelMetadata(self, request, context):
         with _Guard(self.core, context, "metadata", request.model_spec.name):

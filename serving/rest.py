@@ -344,7 +344,7 @@ class _Exchange(httputil.HTTPMessageDelegate):
             refusal = 414, f"the request URI of {len(start_line.path)} bytes exceeds the limit of {MAX_URI_BYTES}"
         elif header_bytes > MAX_HEADER_BYTES:
             refusal = 431, f"request headers of {header_bytes} bytes exceed the limit of {MAX_HEADER_BYTES}"
-        elif length.isascii() and length.isdigit() and int(length) > self.server.max_body_bytes:
+        elif length.isascii() and length.isdigit() and (len(length) > 18 or int(length) > self.server.max_body_bytes):
             refusal = 413, (f"request body of {length} bytes exceeds the limit of {self.server.max_body_bytes} "
                             "bytes (--max_body_bytes)")
         if refusal:  # answer now and close, without reading what follows

@@ -8,10 +8,13 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 from tfx import types
+from tensorflow_serving.apis import classification_pb2, prediction_log_pb2
+from tfx.components.infra_validator import request_builder
 from tfx.components.trainer import fn_args_utils
 from tfx.dsl.components.base import base_executor
+from tfx.proto import infra_validator_pb2
 from tfx.types import artifact_utils
-from tfx.utils import path_utils
+from tfx.utils import io_utils, path_utils
 
 from components.compressor.report import CompressionReport, StageMetrics
 from models import cnn, compression, data, devices, signatures
@@ -19,6 +22,27 @@ from models.trainer import VERBOSE
 
 log = logging.getLogger(__name__)
 REPRESENTATIVE_EXAMPLES = 200  # calibration images for full-integer quantization
+WARMUP_EXAMPLES = 16  # per warmed signature (TF Serving reads at most 1,000 warm-up requests)
+
+
+def write_warmup(model: types.Artifact, examples: types.Artifact) -> int:
+    """Writes `assets.extra/tf_serving_warmup_requests` into the model: eval examples as requests to the
+    serving_default and classify signatures, built by TFX InfraValidator's request builder, as its
+    `make_warmup` writes them. TF Serving (and `python -m serving`) replays them before the model serves."""
+    spec = infra_validator_pb2.RequestSpec(
+        tensorflow_serving=infra_validator_pb2.TensorFlowServingRequestSpec(
+            signature_names=["serving_default", "classify"]),
+        split_name="eval", num_examples=WARMUP_EXAMPLES)
+    logs = []
+    for request in request_builder.build_requests("model", model, examples, spec):
+        entry = prediction_log_pb2.PredictionLog()
+        if isinstance(request, classification_pb2.ClassificationRequest):
+            entry.classify_log.request.CopyFrom(request)
+        else:
+            entry.predict_log.request.CopyFrom(request)
+        logs.append(entry)
+    io_utils.write_tfrecord_file(path_utils.warmup_file_path(path_utils.serving_model_dir(model.uri)), *logs)
+    return len(logs)
 
 
 class Executor(base_executor.BaseExecutor):
@@ -92,6 +116,8 @@ class Executor(base_executor.BaseExecutor):
         tf.io.gfile.makedirs(extra)
         with tf.io.gfile.GFile(os.path.join(extra, "model_int8.tflite"), "wb") as f:
             f.write(tflite_int8)
+        warmup = write_warmup(output_dict["compressed_model"][0], input_dict["examples"][0])
+        log.info("Wrote %d warm-up requests to %s", warmup, path_utils.warmup_file_path(serving_dir))
 
         # Measure every stage from what was exported.
         metrics = {}

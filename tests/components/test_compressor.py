@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
 from tfx.types import standard_artifacts
 
 from components.compressor.executor import Executor
@@ -48,6 +49,13 @@ def test_switching_stages_off_changes_the_artifacts(first_run, tmp_path, prune, 
         assert max(sparsities) < 0.05  # dense
     assert ("pruned" in report.stages) == prune and ("pqat" in report.stages) == qat
     assert os.path.isfile(os.path.join(serving_dir, "assets.extra", "model_int8.tflite"))
+    # Warm-up requests from eval examples, as TFX InfraValidator's make_warmup writes them.
+    warmup = [prediction_log_pb2.PredictionLog.FromString(r) for r in tf.data.TFRecordDataset(
+        os.path.join(serving_dir, "assets.extra", "tf_serving_warmup_requests")).as_numpy_iterator()]
+    assert 0 < len(warmup) <= 1000
+    assert {w.WhichOneof("log_type") for w in warmup} == {"predict_log", "classify_log"}
+    assert {w.predict_log.request.model_spec.signature_name for w in warmup if w.HasField("predict_log")} == \
+        {"serving_default"}
     assert os.path.isdir(tmp_path / "run" / ("pruned" if prune else "pqat") / "train")  # TensorBoard logs
 
 

@@ -34,6 +34,10 @@ class HalfPlusTwo(tf.Module):
         x = tf.io.parse_example(inputs, {"x": tf.io.FixedLenFeature([1], tf.float32)})["x"]
         return {"scores": self.a * x + self.b}
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def to_number(self, text):  # fails inside the graph on text that is not a number
+        return {"number": tf.strings.to_number(text)}
+
     @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.int64, name="pair"),
                                   tf.TensorSpec([None], tf.string, name="tag")])
     def two_inputs(self, pair, tag):
@@ -46,7 +50,8 @@ def write_half_plus_two(path, a=0.5, b=2.0):
     tmp = path + ".tmp"
     tf.saved_model.save(module, tmp, signatures={
         "serving_default": module.predict, "regress_x_to_y": module.regress,
-        "classify_x_to_y": module.classify, "two_inputs": module.two_inputs})
+        "classify_x_to_y": module.classify, "two_inputs": module.two_inputs,
+        "to_number": module.to_number})
     signatures.set_method_names(tmp, {"classify_x_to_y": "tensorflow/serving/classify",
                                       "regress_x_to_y": "tensorflow/serving/regress"})
     os.replace(tmp, path)
@@ -90,7 +95,7 @@ def model_base(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(model_base, tmp_path_factory):
-    s = Server([f"--model_name=half_plus_two", f"--model_base_path={model_base / 'half_plus_two'}",
+    s = Server(["--model_name=half_plus_two", f"--model_base_path={model_base / 'half_plus_two'}",
                 "--file_system_poll_wait_seconds=0.5", "--max_body_bytes=100000"], str(tmp_path_factory.mktemp("srv")))
     yield s
     s.stop()
