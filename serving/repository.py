@@ -269,6 +269,15 @@ class Repository:
         must name an AVAILABLE version, or the reconfiguration fails with FAILED_PRECONDITION and keeps
         the previous labels."""
         with self._poll_lock:
+            for m in models:  # refuse before changing anything when a label names a version that will not load
+                loaded = self._servables.get(m.name, {})
+                wanted = self._wanted(m, self._on_disk(m)) if m.name in self._servables else None
+                for label, version in m.labels.items():
+                    if version not in loaded and (wanted is None and version not in self._on_disk(m)
+                                                  or wanted is not None and version not in wanted):
+                        raise ServingError("FAILED_PRECONDITION", f"Request to assign label to version {version} of "
+                                                                  f"model {m.name}, which is not currently available "
+                                                                  "for inference")
             previous = {name: dict(m.labels) for name, m in self.models.items()}
             self._release(self._apply(models))
             self._poll()
