@@ -1,12 +1,23 @@
-"""Single-example predict latency and throughput of the model server, REST and gRPC, 1 and 8 clients,
-with and without server-side batching, against the in-process signature call measured in the same run.
+"""Model server figures against references measured in the same run. Prints one JSON object.
+
+- Single-example predict latency and throughput, REST (a new connection per request, and one keep-alive
+  connection) and gRPC, 1 and 8 clients, with and without batching, against the in-process signature call.
+  Targets: gRPC p50 <= 1.5x in-process; REST keep-alive p50 <= 2x.
+- The first request after a hot swap, with and without the warm-up file, against the steady p50 (target with
+  warm-up <= 2x).
+- Server RSS across --swaps hot swaps against after the first (target <= 1.05x).
+- --fuzz N: the hostile-request corpus (tests/serving/fuzz.py) with N random mutations; answers by category
+  and status class (target: no 5xx, no INTERNAL).
 
     .venv/bin/python benchmarks/serving_bench.py [--model_base_path artifacts/serving/digits] [--requests 400]
-Loopback only; every loop is bounded by a request count and --seconds. Prints one JSON object.
+        [--swaps 50] [--fuzz 2000]
+Loopback only; every loop is bounded by a request count and --seconds.
 """
 import argparse
+import http.client
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -49,12 +60,100 @@ def load(call, clients: int, requests: int, seconds: float):
     return latency_stats(samples, time.perf_counter() - start)
 
 
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def keep_alive_call(address: str, path: str, body: bytes):
+    connection = http.client.HTTPConnection(*address.replace("http://", "").split(":"), timeout=30)
+
+    def call():
+        connection.request("POST", path, body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200, response.status
+    return call
+
+
+def swaps(model_base_path: str, model_name: str, pixels, workdir: str, count: int, warmup: bool):
+    """Hot swaps of copies of the latest version: first-request latency after each, and the server's RSS."""
+    from serving.client import GrpcClient
+    from tests.serving.conftest import start_server
+
+    source = os.path.join(model_base_path, max((v for v in os.listdir(model_base_path) if v.isdigit()), key=int))
+    base = tempfile.mkdtemp(prefix="swaps_", dir=workdir)
+
+    def stage(version):
+        tmp = os.path.join(workdir, f"stage_{version}")
+        shutil.copytree(source, tmp)
+        if not warmup:
+            shutil.rmtree(os.path.join(tmp, "assets.extra"), ignore_errors=True)
+        os.replace(tmp, os.path.join(base, str(version)))
+
+    stage(1)
+    server = start_server([f"--model_name={model_name}", f"--model_base_path={base}",
+                           "--file_system_poll_wait_seconds=0.1"], workdir)
+    try:
+        client = GrpcClient(server.grpc, model_name)
+        steady = load(lambda: client.predict({"pixels": pixels}, signature="predict_pixels"), 1, 100, 10)
+        first, rss = [], []
+        for version in range(2, count + 2):
+            stage(version)
+            while client.status()["model_version_status"][0]["version"] != str(version) or \
+                    client.status()["model_version_status"][0]["state"] != "AVAILABLE":
+                time.sleep(0.02)
+            start = time.perf_counter()
+            client.predict({"pixels": pixels}, signature="predict_pixels")
+            first.append(time.perf_counter() - start)
+            shutil.rmtree(os.path.join(base, str(version - 1)))
+            rss.append(rss_mb(server.proc.pid))
+    finally:
+        server.stop()
+    return {"steady_p50_ms": steady["p50_ms"],
+            "first_request_after_swap_p50_ms": round(float(np.median(first)) * 1000, 3),
+            "first_request_after_swap_max_ms": round(max(first) * 1000, 3),
+            "rss_mb_after_first_swap": round(rss[0], 1), "rss_mb_after_last_swap": round(rss[-1], 1), "swaps": count}
+
+
+def fuzz_counts(workdir: str, mutations: int) -> dict:
+    import collections
+
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from tests.serving import fuzz
+    from tests.serving.conftest import start_server, write_half_plus_two
+
+    write_half_plus_two(os.path.join(workdir, "fuzz", "half_plus_two", "1"))
+    server = start_server(["--model_name=half_plus_two", f"--model_base_path={workdir}/fuzz/half_plus_two",
+                           "--max_body_bytes=100000"], workdir)
+    counts = collections.Counter()
+    try:
+        host, port = server.rest.replace("http://", "").split(":")
+        for category, raw in fuzz.corpus(seed=1, mutations=mutations):
+            status = fuzz.send(host, int(port), raw, timeout=10)[0]
+            counts[f"rest {category} {status // 100}xx" if status else f"rest {category} no answer"] += 1
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc))
+        for category, method, request in fuzz.grpc_corpus():
+            try:
+                getattr(stub, method)(request, timeout=10)
+                counts[f"grpc {category} OK"] += 1
+            except grpc.RpcError as e:
+                counts[f"grpc {category} {e.code().name}"] += 1
+    finally:
+        server.stop()
+    return dict(sorted(counts.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model_base_path", default="artifacts/serving/digits")
     parser.add_argument("--model_name", default="digits")
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--swaps", type=int, default=50, help="hot swaps for the RSS and first-request figures")
+    parser.add_argument("--fuzz", type=int, default=0, help="random mutations in the fuzz corpus (0: no fuzz run)")
     args = parser.parse_args()
     if not os.path.isdir(args.model_base_path) or not any(v.isdigit() for v in os.listdir(args.model_base_path)):
         sys.exit(f"error: no pushed model under {args.model_base_path}; run `make run` first")
@@ -79,23 +178,42 @@ def main() -> None:
                               workdir)
         try:
             rest, grpc_client = RestClient(server.rest, args.model_name), GrpcClient(server.grpc, args.model_name)
+            body = json.dumps({"signature_name": "predict_pixels", "instances": pixels.tolist()}).encode()
             calls = {"rest": lambda: rest.predict({"pixels": pixels}, signature="predict_pixels"),
+                     "rest_keep_alive": keep_alive_call(server.rest, f"/v1/models/{args.model_name}:predict", body),
                      "grpc": lambda: grpc_client.predict({"pixels": pixels}, signature="predict_pixels")}
             for door, call in calls.items():
-                for clients in ((1, 8) if not batching else (8,)):
+                for clients in ((1,) if door == "rest_keep_alive" else (1, 8) if not batching else (8,)):
+                    if clients == 1 and batching:
+                        continue
                     key = f"{door}_{clients}_clients" + ("_batching" if batching else "")
                     results[key] = load(call, clients, args.requests, args.seconds)
         finally:
             server.stop()
+    if args.swaps:
+        results["swaps_with_warmup"] = swaps(args.model_base_path, args.model_name, pixels, workdir, args.swaps, True)
+        results["swaps_without_warmup"] = swaps(args.model_base_path, args.model_name, pixels, workdir,
+                                                min(args.swaps, 10), False)
+    if args.fuzz:
+        results["fuzz"] = fuzz_counts(workdir, args.fuzz)
     base = in_process["p50_ms"]
     results["ratios"] = {
         "grpc_p50_over_in_process": round(results["grpc_1_clients"]["p50_ms"] / base, 2),
         "rest_p50_over_in_process": round(results["rest_1_clients"]["p50_ms"] / base, 2),
+        "rest_keep_alive_p50_over_in_process": round(results["rest_keep_alive_1_clients"]["p50_ms"] / base, 2),
         "grpc_8_clients_batching_rps_over_no_batching": round(
             results["grpc_8_clients_batching"]["requests_per_s"] / results["grpc_8_clients"]["requests_per_s"], 2),
         "rest_8_clients_batching_rps_over_no_batching": round(
             results["rest_8_clients_batching"]["requests_per_s"] / results["rest_8_clients"]["requests_per_s"], 2),
     }
+    if args.swaps:
+        for kind in ("with", "without"):
+            entry = results[f"swaps_{kind}_warmup"]
+            results["ratios"][f"first_request_after_swap_{kind}_warmup_over_steady"] = round(
+                entry["first_request_after_swap_p50_ms"] / entry["steady_p50_ms"], 2)
+        entry = results["swaps_with_warmup"]
+        results["ratios"]["rss_after_last_swap_over_first"] = round(
+            entry["rss_mb_after_last_swap"] / entry["rss_mb_after_first_swap"], 3)
     print(json.dumps(results, indent=2))
 
 

@@ -104,7 +104,8 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
     c = config.compression
     compressor = Compressor(
         model=trainer.outputs["model"], examples=transform.outputs["transformed_examples"],
-        transform_graph=transform.outputs["transform_graph"], prune=c.prune, target_sparsity=c.target_sparsity,
+        transform_graph=transform.outputs["transform_graph"], raw_examples=example_gen.outputs["examples"],
+        prune=c.prune, target_sparsity=c.target_sparsity,
         prune_epochs=c.prune_epochs, qat=c.qat, qat_epochs=c.qat_epochs, batch_size=config.hparams.batch_size,
         learning_rate=config.hparams.learning_rate, seed=config.seed).with_id(COMPRESSOR)
     candidate = compressor.outputs["compressed_model"]  # what is judged, canaried and pushed

@@ -116,8 +116,9 @@ class Executor(base_executor.BaseExecutor):
         tf.io.gfile.makedirs(extra)
         with tf.io.gfile.GFile(os.path.join(extra, "model_int8.tflite"), "wb") as f:
             f.write(tflite_int8)
-        warmup = write_warmup(output_dict["compressed_model"][0], input_dict["examples"][0])
-        log.info("Wrote %d warm-up requests to %s", warmup, path_utils.warmup_file_path(serving_dir))
+        if input_dict.get("raw_examples"):
+            warmup = write_warmup(output_dict["compressed_model"][0], input_dict["raw_examples"][0])
+            log.info("Wrote %d warm-up requests to %s", warmup, path_utils.warmup_file_path(serving_dir))
 
         # Measure every stage from what was exported.
         metrics = {}

@@ -24,6 +24,8 @@ def run_compressor(result, out, **params):
                                   splits=("train", "eval"))],
         "transform_graph": [tfx_artifact(standard_artifacts.TransformGraph,
                                          result.uri("Transform", "transform_graph"))],
+        "raw_examples": [tfx_artifact(standard_artifacts.Examples, result.uri("FileBasedExampleGen", "examples"),
+                                      splits=("train", "eval"))],
     }
     outputs = {"compressed_model": [tfx_artifact(standard_artifacts.Model, str(out / "model"))],
                "report": [tfx_artifact(CompressionReportArtifact, str(out / "report"))],

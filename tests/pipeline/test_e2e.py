@@ -7,6 +7,7 @@ Epochs are trimmed to keep `make test` short.
 import glob
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -258,6 +259,31 @@ def test_pushed_model_is_served_over_rest_and_grpc(first_run, tmp_path):
         with contextlib.redirect_stdout(printed):
             assert client.main(["predict", "--image", str(png_path), "--server", server.rest.split("//")[-1]]) == 0
         assert f'digit.png: "{names[0]}" p=' in printed.getvalue()
+        # The pushed version carries TF Serving warm-up requests; the server replayed them before serving.
+        assert os.path.isfile(os.path.join(result.pushed_dir, "assets.extra", "tf_serving_warmup_requests"))
+        assert f"Warmed up digits version {os.path.basename(result.pushed_dir)} with 32 requests" in \
+            open(server.log_path).read()
+        # TFX InfraValidator's own client, with requests from its own request builder.
+        from tfx.components.infra_validator import request_builder
+        from tfx.components.infra_validator.model_server_clients.tensorflow_serving_client import \
+            TensorFlowServingClient
+        from tfx.proto import infra_validator_pb2
+        from tfx.types import standard_artifacts
+
+        from tests.conftest import tfx_artifact
+
+        root = os.path.join(output, "pipeline_root")
+        model = tfx_artifact(standard_artifacts.Model,
+                             sorted(glob.glob(os.path.join(root, "Compressor", "compressed_model", "*")))[0])
+        examples = tfx_artifact(standard_artifacts.Examples, sorted(glob.glob(os.path.join(
+            root, "FileBasedExampleGen", "examples", "*")))[0], splits=["train", "eval"])
+        requests = request_builder.build_requests("digits", model, examples, infra_validator_pb2.RequestSpec(
+            tensorflow_serving=infra_validator_pb2.TensorFlowServingRequestSpec(
+                signature_names=["serving_default", "classify"]), split_name="eval", num_examples=5))
+        assert len(requests) == 10
+        tfx_client = TensorFlowServingClient(server.grpc, "digits")
+        tfx_client.WaitUntilModelLoaded(deadline=time.time() + 30, polling_interval_sec=1)
+        tfx_client.SendRequests(requests)  # raises on any failed request
     finally:
         server.stop()
 
