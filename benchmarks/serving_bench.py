@@ -100,8 +100,9 @@ def swaps(model_base_path: str, model_name: str, pixels, workdir: str, count: in
         first, rss = [], []
         for version in range(2, count + 2):
             stage(version)
-            while client.status()["model_version_status"][0]["version"] != str(version) or \
-                    client.status()["model_version_status"][0]["state"] != "AVAILABLE":
+            # Once the new version serves and the old one is unloaded (its memory freed by a full collection).
+            while [(s["version"], s["state"]) for s in client.status()["model_version_status"]][:2] != \
+                    [(str(version), "AVAILABLE"), (str(version - 1), "END")]:
                 time.sleep(0.02)
             start = time.perf_counter()
             client.predict({"pixels": pixels}, signature="predict_pixels")

@@ -17,18 +17,19 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils, path_utils
 
 from components.compressor.report import CompressionReport, StageMetrics
-from models import cnn, compression, data, devices, signatures
+from models import cnn, compression, data, devices, preprocessing, signatures
 from models.trainer import VERBOSE
 
 log = logging.getLogger(__name__)
 REPRESENTATIVE_EXAMPLES = 200  # calibration images for full-integer quantization
-WARMUP_EXAMPLES = 16  # per warmed signature (TF Serving reads at most 1,000 warm-up requests)
+WARMUP_EXAMPLES = 16  # requests per signature: 64 in all (TF Serving reads at most 1,000)
 
 
-def write_warmup(model: types.Artifact, examples: types.Artifact) -> int:
-    """Writes `assets.extra/tf_serving_warmup_requests` into the model: eval examples as requests to the
-    serving_default and classify signatures, built by TFX InfraValidator's request builder, as its
-    `make_warmup` writes them. TF Serving (and `python -m serving`) replays them before the model serves."""
+def write_warmup(model: types.Artifact, examples: types.Artifact, image_shape) -> int:
+    """Writes `assets.extra/tf_serving_warmup_requests` into the model: eval examples as requests to every
+    signature. serving_default and classify get what TFX InfraValidator's request builder builds (as its
+    `make_warmup`); predict_pixels and predict_images get the same images as pixels and as PNG. TF Serving
+    (and `python -m serving`) replays them before the model serves, so no first request pays for warming."""
     spec = infra_validator_pb2.RequestSpec(
         tensorflow_serving=infra_validator_pb2.TensorFlowServingRequestSpec(
             signature_names=["serving_default", "classify"]),
@@ -40,6 +41,15 @@ def write_warmup(model: types.Artifact, examples: types.Artifact) -> int:
             entry.classify_log.request.CopyFrom(request)
         else:
             entry.predict_log.request.CopyFrom(request)
+            record = tf.make_ndarray(request.inputs["examples"])[0]
+            pixels = np.asarray(tf.train.Example.FromString(record).features.feature[
+                preprocessing.IMAGE_KEY].int64_list.value, np.float32).reshape(1, *image_shape)
+            for name, key, value in (("predict_pixels", "pixels", pixels), ("predict_images", "images", [
+                    tf.io.encode_png(pixels[0].astype(np.uint8)).numpy()])):
+                extra = prediction_log_pb2.PredictionLog()
+                extra.predict_log.request.model_spec.signature_name = name
+                extra.predict_log.request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+                logs.append(extra)
         logs.append(entry)
     io_utils.write_tfrecord_file(path_utils.warmup_file_path(path_utils.serving_model_dir(model.uri)), *logs)
     return len(logs)
@@ -117,7 +127,7 @@ class Executor(base_executor.BaseExecutor):
         with tf.io.gfile.GFile(os.path.join(extra, "model_int8.tflite"), "wb") as f:
             f.write(tflite_int8)
         if input_dict.get("raw_examples"):
-            warmup = write_warmup(output_dict["compressed_model"][0], input_dict["raw_examples"][0])
+            warmup = write_warmup(output_dict["compressed_model"][0], input_dict["raw_examples"][0], image_shape)
             log.info("Wrote %d warm-up requests to %s", warmup, path_utils.warmup_file_path(serving_dir))
 
         # Measure every stage from what was exported.

@@ -57,7 +57,7 @@ def test_switching_stages_off_changes_the_artifacts(first_run, tmp_path, prune, 
     assert 0 < len(warmup) <= 1000
     assert {w.WhichOneof("log_type") for w in warmup} == {"predict_log", "classify_log"}
     assert {w.predict_log.request.model_spec.signature_name for w in warmup if w.HasField("predict_log")} == \
-        {"serving_default"}
+        {"serving_default", "predict_pixels", "predict_images"}
     assert os.path.isdir(tmp_path / "run" / ("pruned" if prune else "pqat") / "train")  # TensorBoard logs
 
 
