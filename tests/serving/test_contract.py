@@ -217,7 +217,7 @@ def test_garbage_on_the_grpc_and_rest_ports_leaves_the_server_answering(server):
 def test_hot_swap_loses_no_request_and_ignores_half_written_versions(tmp_path):
     base = tmp_path / "half_plus_two"
     write_half_plus_two(str(base / "1"))
-    server = start_server([f"--model_name=half_plus_two", f"--model_base_path={base}",
+    server = start_server(["--model_name=half_plus_two", f"--model_base_path={base}",
                            "--file_system_poll_wait_seconds=0.3"], tmp_path)
     try:
         failures, answers, stop = [], [], threading.Event()

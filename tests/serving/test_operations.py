@@ -11,7 +11,6 @@ import tensorflow as tf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_log_pb2)
-from tensorflow_serving.config import model_server_config_pb2
 
 from tests.serving.conftest import start_server, write_half_plus_two
 from tests.serving.test_contract import http
