@@ -152,11 +152,8 @@ def main(argv=None) -> int:
 
     stop = threading.Event()
     if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
-        def apply(new_models):
-            repository.reconfigure(new_models)
-            core.request_log.configure(new_models)
         threading.Thread(target=watch_config, daemon=True, name="config-poller", args=(
-            args.model_config_file, args.model_config_file_poll_wait_seconds, apply, stop)).start()
+            args.model_config_file, args.model_config_file_poll_wait_seconds, core.reconfigure, stop)).start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(0.5):

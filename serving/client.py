@@ -169,10 +169,7 @@ def main(argv=None) -> int:
             print(json.dumps(client.status(args.version), indent=2))
         else:
             print(json.dumps(client.metadata(args.version), indent=2))
-    except ServingClientError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
+    except (ServingClientError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -239,6 +239,11 @@ class InferenceCore:
                 self._inflight -= 1
                 self._inflight_lock.notify_all()
 
+    def reconfigure(self, models: List) -> None:
+        """Applies a new model set (ModelConfig list): versions, labels and request logging."""
+        self.repository.reconfigure(models)
+        self.request_log.configure(models)
+
     def ready(self, model: Optional[str] = None) -> Optional[bool]:
         """Whether `model` (None: every model) has a version AVAILABLE and the server is not draining;
         None for an unknown model."""

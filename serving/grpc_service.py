@@ -198,15 +198,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         """Replays PredictionLog `records` on `servable`, each `iterations` times; any failure fails the load."""
         for log in records:
             kind = log.WhichOneof("log_type")
-            request = {"predict_log": lambda: log.predict_log.request,
-                       "classify_log": lambda: log.classify_log.request,
-                       "regress_log": lambda: log.regress_log.request,
-                       "multi_inference_log": lambda: log.multi_inference_log.request}.get(kind)
-            if request is None:
+            if kind not in ("predict_log", "classify_log", "regress_log", "multi_inference_log"):
                 raise ValueError(f"warm-up request of unsupported type {kind}")
-            run = getattr(self, kind[:-len("_log")])
+            run, request = getattr(self, kind[:-len("_log")]), getattr(log, kind).request
             for _ in range(iterations):
-                run(servable, request())
+                run(servable, request)
         return len(records)
 
     # ------------------------------------------------------------------ the RPCs
@@ -276,8 +272,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
                 models = models_from_proto(request.config)
             except ValueError as e:
                 raise ServingError("INVALID_ARGUMENT", str(e)) from e
-            self.core.repository.reconfigure(models)
-            self.core.request_log.configure(models)
+            self.core.reconfigure(models)
             return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto(error_code=0))
 
 

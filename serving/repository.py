@@ -191,13 +191,17 @@ class Repository:
         return time.time() - newest / 1e9 >= self.SETTLE_SECONDS
 
     def _wanted(self, model: ModelConfig, on_disk: Dict[int, str]) -> List[int]:
+        """The versions the policy serves among the complete ones; each poll reads only the candidates
+        (for latest N: from the newest down until N are complete), not every old version on disk."""
         loaded = self._servables[model.name]
-        complete = sorted(v for v, p in on_disk.items() if v in loaded or self._ready_on_disk(p))
-        if model.policy == "all":
-            return complete
-        if model.policy == "specific":
-            return [v for v in complete if v in model.versions]
-        return complete[-model.num_latest:]
+        candidates = sorted((v for v in on_disk if model.policy != "specific" or v in model.versions), reverse=True)
+        wanted = []
+        for version in candidates:
+            if model.policy == "latest" and len(wanted) == model.num_latest:
+                break
+            if version in loaded or self._ready_on_disk(on_disk[version]):
+                wanted.append(version)
+        return sorted(wanted)
 
     def poll_once(self) -> None:
         with self._poll_lock:

@@ -30,6 +30,7 @@ from tornado.httpserver import HTTPServer
 from serving.core import dtype_name, input_specs, signature_of
 from serving.errors import HTTP_STATUS, ServingError
 from serving.grpc_service import PredictionService, tensor_proto
+from serving.repository import version_of
 
 ROUTE = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
                    r"(?:(?P<metadata>/metadata)|:(?P<verb>predict|classify|regress))?/?$", re.IGNORECASE)
@@ -244,9 +245,9 @@ class RestApi:
         name, label, verb = match["name"], match["label"], (match["verb"] or "").lower()
         version = None
         if match["version"] is not None:
-            if not re.fullmatch(r"[0-9]{1,19}", match["version"]) or int(match["version"]) >= 2 ** 63:
+            version = version_of(match["version"])
+            if version is None:
                 raise ServingError("INVALID_ARGUMENT", f"Malformed request: {method} {path}")
-            version = int(match["version"])
         if method == "GET" and not verb:
             if match["metadata"]:
                 return self.metadata(name, version, label)

@@ -8,7 +8,6 @@ import random
 import re
 import socket
 
-import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import classification_pb2, inference_pb2, predict_pb2, regression_pb2
 
@@ -223,10 +222,3 @@ def grpc_corpus():
         cases.append(("signature kinds", "MultiInference", request))
     return cases
 
-
-def float_inputs(values) -> predict_pb2.PredictRequest:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = MODEL
-    request.inputs["x"].CopyFrom(_tensor(types_pb2.DT_FLOAT, [len(values)],
-                                         tensor_content=np.asarray(values, np.float32).tobytes()))
-    return request
