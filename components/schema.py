@@ -1,8 +1,9 @@
 """A SchemaGen that writes the schema the data must meet, from the pipeline's settings.
 
 Inferring a schema from the first span would accept whatever that span holds; this one states
-the contract: every example has one label in 0..num_classes-1, its class name from the class
-list, and exactly H*W*C pixels in 0..255, and no split is empty. ExampleValidator then flags each violation as an anomaly.
+the contract: every example has one encoded image, one label in 0..num_classes-1 and its class name
+from the class list, and no split is empty (ExampleGen has checked that each image decodes and is
+within the pixel bound). ExampleValidator then flags each violation as an anomaly.
 """
 import json
 import os
@@ -12,19 +13,20 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx.types import standard_artifacts
 from tfx.v1.dsl.components import OutputArtifact, Parameter, component
 
+from models.preprocessing import CLASS_NAME_KEY, IMAGE_KEY, LABEL_KEY
 
-def make_schema(image_size: int, class_names) -> schema_pb2.Schema:
+
+def make_schema(class_names) -> schema_pb2.Schema:
     schema = schema_pb2.Schema()
     schema.dataset_constraints.min_examples_count = 1
-    image = schema.feature.add(name="image", type=schema_pb2.INT)
-    image.shape.dim.add().size = image_size
+    image = schema.feature.add(name=IMAGE_KEY, type=schema_pb2.BYTES)
+    image.shape.dim.add().size = 1
     image.presence.min_fraction = 1.0
-    image.int_domain.min, image.int_domain.max = 0, 255
-    label = schema.feature.add(name="label", type=schema_pb2.INT)
+    label = schema.feature.add(name=LABEL_KEY, type=schema_pb2.INT)
     label.shape.dim.add().size = 1
     label.presence.min_fraction = 1.0
     label.int_domain.min, label.int_domain.max = 0, len(class_names) - 1
-    name = schema.feature.add(name="class_name", type=schema_pb2.BYTES)
+    name = schema.feature.add(name=CLASS_NAME_KEY, type=schema_pb2.BYTES)
     name.shape.dim.add().size = 1
     name.presence.min_fraction = 1.0
     name.string_domain.value.extend(class_names)
@@ -32,11 +34,10 @@ def make_schema(image_size: int, class_names) -> schema_pb2.Schema:
 
 
 @component
-def ConfigSchemaGen(schema: OutputArtifact[standard_artifacts.Schema],
-                    image_size: Parameter[int], class_names: Parameter[str]):
-    """Writes schema.pbtxt for images of `image_size` pixel values; `class_names` is a JSON list."""
+def ConfigSchemaGen(schema: OutputArtifact[standard_artifacts.Schema], class_names: Parameter[str]):
+    """Writes schema.pbtxt for canonical examples of these classes; `class_names` is a JSON list."""
     from google.protobuf import text_format
 
     tf.io.gfile.makedirs(schema.uri)
     with tf.io.gfile.GFile(os.path.join(schema.uri, "schema.pbtxt"), "w") as f:
-        f.write(text_format.MessageToString(make_schema(image_size, json.loads(class_names))))
+        f.write(text_format.MessageToString(make_schema(json.loads(class_names))))

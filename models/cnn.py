@@ -9,13 +9,14 @@ if not any(getattr(rule, "_prefix", None) == "tf_keras" for rule in autograph_co
 
 
 def build_model(image_shape, num_classes: int, hp) -> keras.Model:
-    """A convolutional classifier of flat [0, 1] pixels (as Transform emits them) into class probabilities.
+    """A convolutional classifier of [H, W, C] images in [0, 1] (as the transform graph emits them) into class
+    probabilities.
 
     hp: conv_filters (one 3x3 conv per entry), dense_units, dropout, learning_rate.
     """
     height, width, channels = image_shape
-    inputs = keras.Input(shape=(height * width * channels,), name="image")
-    x = keras.layers.Reshape((height, width, channels))(inputs)
+    inputs = keras.Input(shape=(height, width, channels), name="image")
+    x = inputs
     for filters in hp["conv_filters"]:
         x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
         if x.shape[1] >= 16:  # keep at least 8x8 feature maps for small inputs
@@ -27,12 +28,6 @@ def build_model(image_shape, num_classes: int, hp) -> keras.Model:
     x = keras.layers.Dense(num_classes)(x)
     outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs)
-
-
-def image_shape_of(model: keras.Model) -> tuple:
-    """(H, W, C) of the images a model built by `build_model` reads (its flat input is reshaped to it)."""
-    return next(tuple(int(d) for d in layer.target_shape) for layer in model.layers
-                if isinstance(layer, keras.layers.Reshape))
 
 
 def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:

@@ -1,4 +1,5 @@
-"""How model code reads transformed examples: streamed through TFX's data accessor, never held in memory."""
+"""How model code reads examples: canonical (encoded) examples streamed through TFX's data accessor and
+decoded by the transform graph as they are read; nothing is held in memory or written decoded."""
 import math
 import os
 from typing import List
@@ -6,9 +7,10 @@ from typing import List
 import tensorflow as tf
 from tfx_bsl.public import tfxio
 
-from models.preprocessing import LABEL_KEY
+from models.preprocessing import IMAGE_KEY, LABEL_KEY
 
-SHUFFLE_BUFFER_BYTES = 64 << 20  # the shuffle buffer holds at most this much of decoded examples
+SHUFFLE_BUFFER_BYTES = 64 << 20  # the shuffle buffer holds at most this much of (encoded) examples
+SHUFFLE_BUFFER_MAX = 10_000
 MIN_STEPS_PER_EPOCH = 20  # on tiny data an "epoch" (a validation interval) is several passes
 
 
@@ -25,17 +27,24 @@ def require_examples(file_patterns: List[str], split: str) -> None:
 
 def dataset(fn_args, file_patterns: List[str], tft_output, batch_size: int, seed: int,
             train: bool) -> tf.data.Dataset:
-    """(features, label) batches of a transformed split.
+    """({"image": [B, H, W, C] floats}, label [B]) batches of a split of canonical examples, decoded by the
+    transform graph (`tft_output`) in parallel as they stream.
 
     train: shuffled (seeded) and repeated forever (fit with steps_per_epoch); otherwise one ordered pass.
     """
-    schema = tft_output.transformed_metadata.schema
-    example_bytes = 4 * sum(math.prod(getattr(f, "shape", None) or [1])
-                            for f in tft_output.transformed_feature_spec().values())
+    sample = [len(r) for r in _records(file_patterns).take(100).as_numpy_iterator()]
+    record_bytes = max(1, sum(sample) // max(1, len(sample)))
     options = tfxio.TensorFlowDatasetOptions(
         batch_size=batch_size, label_key=LABEL_KEY, num_epochs=None if train else 1, shuffle=train,
-        shuffle_seed=seed, shuffle_buffer_size=max(batch_size, min(10_000, SHUFFLE_BUFFER_BYTES // example_bytes)))
-    return fn_args.data_accessor.tf_dataset_factory(file_patterns, options, schema)
+        shuffle_seed=seed,
+        shuffle_buffer_size=max(batch_size, min(SHUFFLE_BUFFER_MAX, SHUFFLE_BUFFER_BYTES // record_bytes)))
+    raw = fn_args.data_accessor.tf_dataset_factory(file_patterns, options, tft_output.raw_metadata.schema)
+    transform = tft_output.transform_features_layer()
+
+    def decode(features, label):
+        return ({IMAGE_KEY: transform({IMAGE_KEY: features[IMAGE_KEY]})[IMAGE_KEY]}, tf.reshape(label, [-1]))
+
+    return raw.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 def _records(file_patterns: List[str]) -> tf.data.Dataset:

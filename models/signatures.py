@@ -1,11 +1,14 @@
 """The serving contract: what the exported SavedModel takes and returns.
 
-Signatures (each runs the tf.Transform graph, then the network):
-  serving_default   examples: string [N]   serialized tf.Example with an int64 `image` feature
-                                           (TFX's convention; the Evaluator uses it)
+Signatures (each runs the tf.Transform graph's decode, then the network):
+  serving_default   examples: string [N]   serialized tf.Example with a bytes `image` feature holding
+                                           one encoded PNG/JPEG (the canonical example; TFX's
+                                           convention; the Evaluator uses it)
   predict_pixels    pixels: float32 [N, H, W, C]   pixel values in 0..255 (plain JSON numbers)
-  predict_images    images: string [N]     encoded PNG/JPEG bytes (`{"b64": ...}` over REST),
-                                           converted like the training data (grey/RGB, resized)
+  predict_images    images: string [N]     encoded PNG/JPEG/GIF/BMP bytes (`{"b64": ...}` over REST),
+                                           decoded like the training data (grey/RGB, resized)
+An encoded image whose header declares more pixels than the model's max_image_pixels is refused
+(INVALID_ARGUMENT naming the limit) before it is decoded.
 Outputs: probabilities float32 [N, num_classes], classes int64 [N], class_name string [N].
   classify          inputs: string [N]     serialized tf.Examples, as serving_default
                                            (method tensorflow/serving/classify: TF Serving's Classify API)
@@ -19,7 +22,7 @@ import tempfile
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from models.preprocessing import IMAGE_KEY
+from models.preprocessing import IMAGE_KEY, scale
 
 
 class _Untracked:
@@ -58,23 +61,20 @@ class ServingModule(tf.Module):
         self.class_names_asset = tf.saved_model.Asset(names_file)
         self.class_names = tf.constant(list(class_names), tf.string)
 
-    def _predict(self, pixels):
-        """pixels: float [N, H, W, C] in 0..255 → outputs."""
-        height, width, channels = self.image_shape
-        raw = tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 255.0)), tf.int64)
-        return self._from_raw(tf.reshape(raw, [-1, height * width * channels]))
-
-    def _from_raw(self, image):
-        transformed = self.tft_layer({IMAGE_KEY: image})
-        probabilities = tf.cast(self._keras.model(transformed[IMAGE_KEY], training=False), tf.float32)
+    def _outputs(self, images):
+        """images: what the network reads ([N, H, W, C] in [0, 1]) → outputs."""
+        probabilities = tf.cast(self._keras.model(images, training=False), tf.float32)
         classes = tf.argmax(probabilities, axis=-1)
         return {"probabilities": probabilities, "classes": classes,
                 "class_name": tf.gather(self.class_names, classes)}
 
+    def _from_encoded(self, images):
+        """images: string [N] or [N, 1] of encoded images → outputs, through the transform graph."""
+        return self._outputs(self.tft_layer({IMAGE_KEY: tf.reshape(images, [-1, 1])})[IMAGE_KEY])
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(self, examples):
-        parsed = tf.io.parse_example(examples, self._example_spec)
-        return self._from_raw(parsed[IMAGE_KEY])
+        return self._from_encoded(tf.io.parse_example(examples, self._example_spec)[IMAGE_KEY])
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
     def classify(self, inputs):
@@ -83,21 +83,11 @@ class ServingModule(tf.Module):
         return {"classes": classes, "scores": scores}
 
     def serve_pixels_fn(self):
-        return tf.function(self._predict, input_signature=[
+        return tf.function(lambda pixels: self._outputs(scale(pixels)), input_signature=[
             tf.TensorSpec([None, *self.image_shape], tf.float32, name="pixels")])
 
     def serve_images_fn(self):
-        height, width, channels = self.image_shape
-
-        def decode(data):
-            image = tf.io.decode_image(data, channels=channels, expand_animations=False)
-            image = tf.image.resize(tf.cast(image, tf.float32), [height, width], antialias=False)
-            return tf.ensure_shape(image, [height, width, channels])
-
-        def serve_images(images):
-            return self._predict(tf.map_fn(decode, images, fn_output_signature=tf.float32))
-
-        return tf.function(serve_images, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+        return tf.function(self._from_encoded, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
 
 
 def export(model, tft_output, image_shape, class_names, export_dir: str) -> None:

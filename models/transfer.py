@@ -67,7 +67,7 @@ FEATURE_ENDS = (keras.layers.Flatten, keras.layers.GlobalAveragePooling2D, keras
 
 
 def adapt(base: keras.Model, image_shape, num_classes: int) -> Tuple[keras.Model, list, Optional[str]]:
-    """A model of the pipeline's contract (flat `image` input, `probabilities` output) reusing `base`'s layers.
+    """A model of the pipeline's contract (`image` [H, W, C] input, `probabilities` output) reusing `base`'s layers.
 
     With as many outputs as classes, the whole network is reused (warm start). Otherwise its classifier
     top is dropped, as `include_top=False` does in keras.applications: the feature layers up to its
@@ -76,8 +76,8 @@ def adapt(base: keras.Model, image_shape, num_classes: int) -> Tuple[keras.Model
     """
     check(base, image_shape)
     body, head = _chain(base)
-    inputs = keras.Input(shape=(int(np.prod(image_shape)),), name="image")
-    x = inputs if len(base.input_shape) == 2 else keras.layers.Reshape(tuple(image_shape))(inputs)
+    inputs = keras.Input(shape=tuple(image_shape), name="image")
+    x = keras.layers.Flatten()(inputs) if len(base.input_shape) == 2 else inputs
     if head.units == num_classes:
         for layer in body + [head]:
             x = layer(x)

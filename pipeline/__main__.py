@@ -43,6 +43,16 @@ def _shape(text: str):
     return shape
 
 
+def _range(text: str):
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        low = high = None
+    if low is None or not low < high:
+        raise argparse.ArgumentTypeError(f"'{text}' is not LO,HI with LO < HI, e.g. -0.5,0.5 or 0,255")
+    return low, high
+
+
 def _number(kind, low, high=None, low_open=False, high_open=False):
     """An argparse type: a `kind` number in [low, high] (or open at either end), with a plain message."""
     def parse(text: str):
@@ -92,10 +102,17 @@ def _add_settings(parser: argparse.ArgumentParser, output_dir: bool = True) -> N
                            "and class folders (default: folder names, label names, or the digits of integer labels)")
     data.add_argument("--skip-bad-files", action="store_true",
                       help="leave unreadable images and records out (counted and listed) instead of stopping")
+    data.add_argument("--pixel-range", type=_range, metavar="LO,HI",
+                      help="numeric pixels (int/float lists): the values that map to 0..255 (default: read from the "
+                           "whole span: 0..1, -0.5..0.5, -1..1, 0..255, or the values' own range)")
+    data.add_argument("--max-image-pixels", type=_number(int, 1),
+                      help="largest width x height of one image, checked from its header before decoding, in "
+                           f"ingestion and in every served signature (default {cfg.DataSpec().max_image_pixels})")
     data.add_argument("--input-pattern", help="glob under --data ({SPAN} for spans); default: by format")
     if output_dir:
         parser.add_argument("--output", default="artifacts", help="output folder (default: artifacts)")
-    parser.add_argument("--model-name", default="digits", help="served model name (default: digits)")
+    parser.add_argument("--model-name", help="served model name (default: the data folder's name; digits for "
+                                             "the bundled data)")
     parser.add_argument("--pipeline-name", default=None, help="TFX pipeline name (default: the model name)")
     train = parser.add_argument_group("training")
     flag(train, "epochs", hp, "epoch ceiling (early stopping on validation loss)", type=_positive)
@@ -142,12 +159,16 @@ def _add_settings(parser: argparse.ArgumentParser, output_dir: bool = True) -> N
 
 
 def config_from_args(args) -> cfg.PipelineConfig:
-    config = cfg.PipelineConfig(model_name=args.model_name, pipeline_name=args.pipeline_name or args.model_name,
+    model_name = args.model_name or cfg.model_name_of(args.data)
+    config = cfg.PipelineConfig(model_name=model_name, pipeline_name=args.pipeline_name or model_name,
                                 output_dir=getattr(args, "output", "artifacts"), enable_cache=not args.no_cache)
     config.data = cfg.DataSpec(path=args.data, format=args.format, image_feature=args.image_feature,
                                label_feature=args.label_feature, image_shape=args.image_shape,
                                num_classes=args.num_classes, class_names=args.class_names,
-                               input_pattern=args.input_pattern or "", skip_bad_files=args.skip_bad_files)
+                               input_pattern=args.input_pattern or "", skip_bad_files=args.skip_bad_files,
+                               pixel_range=args.pixel_range)
+    if args.max_image_pixels is not None:
+        config.data.max_image_pixels = args.max_image_pixels
     for owner, fields in ((config.hparams, ("epochs", "patience", "batch_size", "dense_units", "learning_rate",
                                             "fine_tune_epochs", "head_epochs")),
                           (config.compression, ("target_sparsity", "prune_epochs", "qat_epochs", "max_accuracy_drop")),

@@ -7,9 +7,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import List, Optional, Tuple
 
+from models.preprocessing import MAX_IMAGE_PIXELS
+
 FORMATS = ("auto", "images", "idx", "tfrecord")
+BUNDLED_NAME = "digits"  # the model and pipeline name of a run on the bundled digits
+
+
+def model_name_of(data_path: Optional[str]) -> str:
+    """The default model name: the data folder's name (letters, digits, '-', '_', '.'), digits when bundled."""
+    if not data_path:
+        return BUNDLED_NAME
+    name = os.path.basename(os.path.normpath(data_path.split("://")[-1]))
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or BUNDLED_NAME
+    return name
 
 
 @dataclasses.dataclass
@@ -74,12 +87,14 @@ class DataSpec:
     class_names: Optional[List[str]] = None
     input_pattern: str = ""  # relative to `path`; default: by format ({SPAN} when spans exist)
     skip_bad_files: bool = False  # leave unreadable files and records out (counted) instead of stopping
+    pixel_range: Optional[Tuple[float, float]] = None  # numeric pixels: the values mapped to 0..255 (None: probed)
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # width × height bound of one image, checked from its header before decoding
 
 
 @dataclasses.dataclass
 class PipelineConfig:
-    pipeline_name: str = "digits"
-    model_name: str = "digits"
+    pipeline_name: str = BUNDLED_NAME
+    model_name: str = BUNDLED_NAME
     output_dir: str = "artifacts"
     data: DataSpec = dataclasses.field(default_factory=DataSpec)
     hparams: HParams = dataclasses.field(default_factory=HParams)

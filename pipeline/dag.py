@@ -1,7 +1,7 @@
 """create_pipeline(config, facts): the one place where components are wired together.
 
 ExampleGen → StatisticsGen → (schema) → ExampleValidator → DataGate ┐
-                                    └→ Transform → Trainer (float baseline) → Compressor (prune, PQAT, int8) ┐
+                                    └→ Transform (the decode graph) → Trainer (float baseline) → Compressor ┐
     Resolver (latest pushed model) → Evaluator (judges the compressed model) → QualityGate ┐   │
                                                 Compressor → Canary (serve on loopback) ───────┴→ Pusher
 """
@@ -59,21 +59,21 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
     base_model: the model the Trainer starts from, imported as its `base_model` input (pinned by uri, so
     an unchanged rerun stays cached); None trains from scratch.
     """
-    height, width, channels = data.image_shape
     example_gen = ingest.ImageExampleGen(
         input_base=data.path, input_pattern=data.input_pattern, data_config=data.example_gen_config(),
         buckets=config.eval_fraction_buckets)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = schema.ConfigSchemaGen(image_size=height * width * channels,
-                                        class_names=json.dumps(list(data.class_names)))
+    schema_gen = schema.ConfigSchemaGen(class_names=json.dumps(list(data.class_names)))
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     data_gate = gates.DataGate(anomalies=example_validator.outputs["anomalies"])
 
+    # The transform graph decodes and resizes; its output is not materialized (a decoded image is many times
+    # its encoded bytes): the Trainer and the Compressor apply the graph to ExampleGen's examples as they read.
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
-        preprocessing_fn="models.preprocessing.preprocessing_fn",
-        custom_config={"image_shape": list(data.image_shape)})
+        preprocessing_fn="models.preprocessing.preprocessing_fn", materialize=False, disable_statistics=True,
+        custom_config={"image_shape": list(data.image_shape), "max_image_pixels": data.max_image_pixels})
     transform.add_upstream_node(data_gate)  # no training on data with anomalies
 
     optional = []  # nodes that only some settings add
@@ -85,7 +85,7 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
         optional.append(importer)
     if config.tuning.enabled:
         tuner = tfx.components.Tuner(
-            tuner_fn="models.tuning.tuner_fn", examples=transform.outputs["transformed_examples"],
+            tuner_fn="models.tuning.tuner_fn", examples=example_gen.outputs["examples"],
             transform_graph=transform.outputs["transform_graph"], schema=schema_gen.outputs["schema"],
             train_args=tfx.proto.TrainArgs(splits=["train"]), eval_args=tfx.proto.EvalArgs(splits=["eval"]),
             custom_config=config.tuner_config(data.image_shape, data.class_names, pipeline_root)).with_id(TUNER)
@@ -93,7 +93,7 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
         optional.append(tuner)
     trainer = tfx.components.Trainer(
         run_fn="models.trainer.run_fn",
-        examples=transform.outputs["transformed_examples"],
+        examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),  # no num_steps: epochs over the whole split
@@ -103,8 +103,8 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
         **trainer_inputs).with_id(TRAINER)
     c = config.compression
     compressor = Compressor(
-        model=trainer.outputs["model"], examples=transform.outputs["transformed_examples"],
-        transform_graph=transform.outputs["transform_graph"], raw_examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
+        transform_graph=transform.outputs["transform_graph"],
         prune=c.prune, target_sparsity=c.target_sparsity,
         prune_epochs=c.prune_epochs, qat=c.qat, qat_epochs=c.qat_epochs, batch_size=config.hparams.batch_size,
         learning_rate=config.hparams.learning_rate, seed=config.seed).with_id(COMPRESSOR)

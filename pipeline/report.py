@@ -56,8 +56,8 @@ def data_section(result: RunResult, report_dir: str) -> str:
         features = {f.path.step[0]: f for f in stats.features}
         image, classes = features.get("image"), features.get("class_name")
         rows.append([name, stats.num_examples,
-                     f"{image.num_stats.mean:.1f}" if image else "missing",
-                     f"{image.num_stats.common_stats.avg_num_values:.0f}" if image else "missing"])
+                     f"{image.bytes_stats.avg_num_bytes / 1024:.1f}" if image else "missing",
+                     f"{image.bytes_stats.max_num_bytes / 1024:.1f}" if image else "missing"])
         if classes is not None:
             counts[name] = {b.label: b.sample_count for b in classes.string_stats.rank_histogram.buckets}
     names = sorted({n for split in counts.values() for n in split})
@@ -72,7 +72,7 @@ def data_section(result: RunResult, report_dir: str) -> str:
     ax.set_title("examples per class and split")
     ax.legend()
     fig.tight_layout()
-    return (facts + _table(["split", "examples", "mean pixel", "pixels per image"], rows) +
+    return (facts + _table(["split", "examples", "mean encoded image (KB)", "largest (KB)"], rows) +
             f'<img id="label-plot" alt="examples per class" src="{_png(fig)}">')
 
 

@@ -1,24 +1,30 @@
 """A TF Serving client (REST or gRPC) and its CLI; uses only TF Serving's public APIs.
 
-  python -m serving.client predict --image 7.png --server localhost:8501 [--model digits]
-  python -m serving.client predict --image 7.png --grpc localhost:8500
+  python -m serving.client predict 7.png 3.jpg --server localhost:8501 [--model digits]
+  python -m serving.client predict photos/ --grpc localhost:8500     # every image in a folder (recursive)
   python -m serving.client status --server localhost:8501
   python -m serving.client metadata --grpc localhost:8500
 
 Images are sent as encoded bytes to the `predict_images` signature, which converts them the way
 the training data was (grey or RGB, bilinear resize), so the client needs no knowledge of the shape.
+`predict` prints one line per image, sending them in requests of BATCH images.
 """
 from __future__ import annotations
 
 import argparse
 import base64
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
 from typing import Dict, Optional
 
 import numpy as np
+
+
+BATCH = 32  # images per predict request of the CLI
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 class ServingClientError(RuntimeError):
@@ -142,6 +148,18 @@ def classify_images(client, images: list) -> list:
             for n, c, p in zip(names, outputs["classes"], outputs["probabilities"])]
 
 
+def image_files(paths: list) -> list:
+    """The files named, and the image files (by extension) under the folders named, sorted per folder."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            files += sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names
+                            if f.lower().endswith(IMAGE_EXTENSIONS))
+        else:
+            files.append(path)
+    return files
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,20 +169,24 @@ def main(argv=None) -> int:
     where.add_argument("--grpc", help="gRPC address host:port")
     parser.add_argument("--model", default="digits")
     parser.add_argument("--version", type=int)
-    parser.add_argument("--image", action="append", help="PNG/JPEG file (repeatable) for predict")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="predict: image files or folders of them")
+    parser.add_argument("--image", action="append", default=[], help="an image file for predict (repeatable)")
     args = parser.parse_args(argv)
     client = connect(args.server, args.grpc, args.model)
     try:
         if args.command == "predict":
-            if not args.image:
-                parser.error("predict needs --image FILE")
-            images = []
-            for path in args.image:
-                with open(path, "rb") as f:
-                    images.append(f.read())
-            for path, (name, index, probabilities) in zip(args.image, classify_images(client, images)):
-                shown = ", ".join(f"{i}: {p:.3f}" for i, p in enumerate(probabilities))
-                print(f'{path}: "{name}" p={probabilities[index]:.3f} (class {index})  [{shown}]')
+            files = image_files(args.paths + args.image)
+            if not files:
+                parser.error("predict needs image files or folders (PATH ... or --image FILE)")
+            for start in range(0, len(files), BATCH):
+                batch = files[start:start + BATCH]
+                images = []
+                for path in batch:
+                    with open(path, "rb") as f:
+                        images.append(f.read())
+                for path, (name, index, probabilities) in zip(batch, classify_images(client, images)):
+                    shown = ", ".join(f"{i}: {p:.3f}" for i, p in enumerate(probabilities))
+                    print(f'{path}: "{name}" p={probabilities[index]:.3f} (class {index})  [{shown}]', flush=True)
         elif args.command == "status":
             print(json.dumps(client.status(args.version), indent=2))
         else:

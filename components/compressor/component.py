@@ -1,6 +1,4 @@
 """Compressor: a trained float Model → pruned, quantization-aware serving Model + int8 TFLite + report."""
-from typing import Optional
-
 from tfx import types
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
@@ -25,7 +23,6 @@ class CompressorSpec(types.ComponentSpec):
         "model": ChannelParameter(type=standard_artifacts.Model),
         "examples": ChannelParameter(type=standard_artifacts.Examples),
         "transform_graph": ChannelParameter(type=standard_artifacts.TransformGraph),
-        "raw_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
     }
     OUTPUTS = {
         "compressed_model": ChannelParameter(type=standard_artifacts.Model),
@@ -48,14 +45,14 @@ class Compressor(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
     def __init__(self, model: types.BaseChannel, examples: types.BaseChannel, transform_graph: types.BaseChannel,
-                 raw_examples: Optional[types.BaseChannel] = None, *, prune: bool = True, target_sparsity: float = 0.8, prune_epochs: int = 4, qat: bool = True,
+                 *, prune: bool = True, target_sparsity: float = 0.8, prune_epochs: int = 4, qat: bool = True,
                  qat_epochs: int = 2, batch_size: int = 32, learning_rate: float = 1e-3, seed: int = 0):
         """
         Args:
           model: the Trainer's float Model (its Format-Keras/model.keras is what gets compressed).
-          examples: transformed examples with `train` and `eval` splits.
-          transform_graph: Transform's output, exported into every serving signature.
-          raw_examples: ExampleGen's examples; eval examples become TF Serving warm-up requests in the model.
+          examples: ExampleGen's canonical examples with `train` and `eval` splits (fine-tuning reads them through
+            the transform graph; eval examples become TF Serving warm-up requests in the model).
+          transform_graph: Transform's output (the decode), exported into every serving signature.
           prune, qat: which stages run; with both off the baseline is exported as is.
           target_sparsity: fraction of zero weights every conv/dense kernel ends with.
           prune_epochs, qat_epochs: fine-tuning epochs (passes over the train split) of each stage.
@@ -63,7 +60,7 @@ class Compressor(base_component.BaseComponent):
           seed: seeds shuffling and initialisation, so reruns on the CPU give identical models.
         """
         super().__init__(spec=CompressorSpec(
-            model=model, examples=examples, transform_graph=transform_graph, raw_examples=raw_examples,
+            model=model, examples=examples, transform_graph=transform_graph,
             compressed_model=types.Channel(type=standard_artifacts.Model),
             report=types.Channel(type=CompressionReportArtifact),
             model_run=types.Channel(type=standard_artifacts.ModelRun),

@@ -25,10 +25,11 @@ REPRESENTATIVE_EXAMPLES = 200  # calibration images for full-integer quantizatio
 WARMUP_EXAMPLES = 16  # requests per signature: 64 in all (TF Serving reads at most 1,000)
 
 
-def write_warmup(model: types.Artifact, examples: types.Artifact, image_shape) -> int:
+def write_warmup(model: types.Artifact, examples: types.Artifact, tft_output) -> int:
     """Writes `assets.extra/tf_serving_warmup_requests` into the model: eval examples as requests to every
     signature. serving_default and classify get what TFX InfraValidator's request builder builds (as its
-    `make_warmup`); predict_pixels and predict_images get the same images as pixels and as PNG. TF Serving
+    `make_warmup`); predict_pixels and predict_images get the same images, decoded by the transform graph and
+    as they are encoded. TF Serving
     (and `python -m serving`) replays them before the model serves, so no first request pays for warming."""
     spec = infra_validator_pb2.RequestSpec(
         tensorflow_serving=infra_validator_pb2.TensorFlowServingRequestSpec(
@@ -42,10 +43,10 @@ def write_warmup(model: types.Artifact, examples: types.Artifact, image_shape) -
         else:
             entry.predict_log.request.CopyFrom(request)
             record = tf.make_ndarray(request.inputs["examples"])[0]
-            pixels = np.asarray(tf.train.Example.FromString(record).features.feature[
-                preprocessing.IMAGE_KEY].int64_list.value, np.float32).reshape(1, *image_shape)
-            for name, key, value in (("predict_pixels", "pixels", pixels), ("predict_images", "images", [
-                    tf.io.encode_png(pixels[0].astype(np.uint8)).numpy()])):
+            encoded = tf.train.Example.FromString(record).features.feature[preprocessing.IMAGE_KEY].bytes_list.value[0]
+            pixels = 255.0 * tft_output.transform_raw_features(
+                {preprocessing.IMAGE_KEY: tf.constant([[encoded]])})[preprocessing.IMAGE_KEY].numpy()
+            for name, key, value in (("predict_pixels", "pixels", pixels), ("predict_images", "images", [encoded])):
                 extra = prediction_log_pb2.PredictionLog()
                 extra.predict_log.request.model_spec.signature_name = name
                 extra.predict_log.request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
@@ -86,7 +87,7 @@ class Executor(base_executor.BaseExecutor):
 
         with strategy.scope():
             baseline = compile_fn(keras.models.load_model(data.keras_model_path(baseline_uri), compile=False))
-        image_shape = cnn.image_shape_of(baseline)
+        image_shape = tuple(tft_output.transformed_feature_spec()[preprocessing.IMAGE_KEY].shape)
         class_names = signatures.class_names_of(path_utils.serving_model_dir(baseline_uri))
         stages = {"baseline": baseline}  # stage → Keras model, in order
         if prune:
@@ -118,7 +119,7 @@ class Executor(base_executor.BaseExecutor):
             else:
                 export_dirs[stage] = os.path.join(run_dir, "savedmodel_" + stage)
             signatures.export(model, tft_output, image_shape, class_names, export_dirs[stage])
-        representative = np.concatenate([np.asarray(features["image"]) for features, _ in
+        representative = np.concatenate([np.asarray(features[preprocessing.IMAGE_KEY]) for features, _ in
                                          train.take(-(-REPRESENTATIVE_EXAMPLES // batch_size))])
         tflite_int8 = compression.to_tflite(stages[final], representative[:REPRESENTATIVE_EXAMPLES], sparse=prune)
         tflite_float = compression.to_tflite(baseline)
@@ -126,9 +127,8 @@ class Executor(base_executor.BaseExecutor):
         tf.io.gfile.makedirs(extra)
         with tf.io.gfile.GFile(os.path.join(extra, "model_int8.tflite"), "wb") as f:
             f.write(tflite_int8)
-        if input_dict.get("raw_examples"):
-            warmup = write_warmup(output_dict["compressed_model"][0], input_dict["raw_examples"][0], image_shape)
-            log.info("Wrote %d warm-up requests to %s", warmup, path_utils.warmup_file_path(serving_dir))
+        warmup = write_warmup(output_dict["compressed_model"][0], input_dict["examples"][0], tft_output)
+        log.info("Wrote %d warm-up requests to %s", warmup, path_utils.warmup_file_path(serving_dir))
 
         # Measure every stage from what was exported.
         metrics = {}

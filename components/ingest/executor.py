@@ -1,4 +1,5 @@
-"""ExampleGen executor: image folders, IDX files and TFRecords of any tf.Example layout → canonical tf.Examples.
+"""ExampleGen executor: image folders, IDX files and TFRecords of any tf.Example layout → canonical tf.Examples
+(the image encoded: a file's own bytes, numeric pixels as PNG; formats.py says how).
 
 The probe (formats.probe) has read the whole span before this runs; what it decided arrives in
 custom_config. A problem found here anyway (a file changed since, an image whose header reads but
@@ -18,7 +19,7 @@ _LEFT_OUT = beam.metrics.Metrics.counter("ImageExampleGen", "bad_files_left_out"
 
 
 def _guarded(read, skip_bad_files: bool):
-    """`read` (item → iterable of (pixels, label)) that leaves out bad items when skip_bad_files is set."""
+    """`read` (item → iterable of (encoded image, label)) that leaves out bad items when skip_bad_files is set."""
     def guarded(item):
         try:
             return list(read(item))
@@ -38,7 +39,8 @@ def _files_to_examples(pipeline: beam.Pipeline, exec_properties: dict, split_pat
     config = exec_properties.get("custom_config") or "{}"
     config = json.loads(config) if isinstance(config, str) else dict(config)
     fmt, shape, class_names = config["format"], tuple(config["image_shape"]), list(config["class_names"])
-    skip = bool(config.get("skip_bad_files"))
+    skip, max_pixels = bool(config.get("skip_bad_files")), int(config["max_image_pixels"])
+    pixel_range = tuple(config["pixel_range"]) if config.get("pixel_range") else None
     pattern = os.path.join(exec_properties["input_base"], split_pattern)
     files = tf.io.gfile.glob(pattern)
     if not files:
@@ -48,7 +50,8 @@ def _files_to_examples(pipeline: beam.Pipeline, exec_properties: dict, split_pat
 
         def read(named_record):
             filename, record = named_record
-            yield formats.parse_record(record, image_feature, label_feature, shape, class_names, where=filename)
+            yield formats.parse_record(record, image_feature, label_feature, shape, class_names, where=filename,
+                                       pixel_range=pixel_range, max_pixels=max_pixels)
 
         pairs = (pipeline
                  | "ListFiles" >> beam.Create(sorted(files))
@@ -56,9 +59,9 @@ def _files_to_examples(pipeline: beam.Pipeline, exec_properties: dict, split_pat
                  | "Parse" >> beam.FlatMap(_guarded(read, skip)))
     else:
         if fmt == "images":
-            read = lambda path: formats.read_image_file(path, class_names, shape)  # noqa: E731
+            read = lambda path: formats.read_image_file(path, class_names, max_pixels)  # noqa: E731
         elif fmt == "idx":
-            read = lambda path: formats.read_idx_file(path, shape, len(class_names))  # noqa: E731
+            read = lambda path: formats.read_idx_file(path, len(class_names))  # noqa: E731
         else:
             raise formats.DataError(f"unknown data format '{fmt}'; use images, idx or tfrecord.")
         pairs = (pipeline

@@ -1,13 +1,15 @@
 """Turning image files into canonical tf.Examples, and finding out what a data folder holds.
 
 Every example the pipeline sees downstream has the same three features, whatever came in:
-  image       int64 list of H*W*C pixel values in 0..255 (row-major, channels last)
+  image       bytes, one encoded image: a PNG/JPEG/GIF/BMP file's own bytes, or PNG for numeric
+              sources (IDX, raw bytes, int or float lists), encoded once, losslessly
   label       int64 class index in 0..num_classes-1
   class_name  bytes, the label's name (the Evaluator slices on it)
+Decoding and resizing to the image shape happen in the graph (models/preprocessing.py).
 
 `probe` reads the whole latest span before anything runs and decides, out loud, what the data is:
-format, image shape, the class set, and what is left out. Every problem it finds is a DataError
-naming the file (and record) and the fix.
+format, image shape, the class set, the numeric pixel range, and what is left out. Every problem it
+finds is a DataError naming the file (and record) and the fix.
 """
 from __future__ import annotations
 
@@ -25,25 +27,33 @@ import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
 from models.data import DataError  # noqa: F401  (raised here; the CLI maps it to exit 2)
+from models.preprocessing import CLASS_NAME_KEY, IMAGE_KEY, LABEL_KEY, MAX_IMAGE_PIXELS
 
-IMAGE_KEY = "image"
-LABEL_KEY = "label"
-CLASS_NAME_KEY = "class_name"
 MAX_LISTED = 10  # files or records named in one message
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfr", ".gz")
 _SPAN_DIR = re.compile(r"^span-(\d+)$")
-
-
-
+# Numeric pixel ranges the probe recognises, tightest first; data outside all of them keeps its own range.
+KNOWN_RANGES = ((0.0, 1.0), (-0.5, 0.5), (-1.0, 1.0), (0.0, 255.0))
 
 Shape = Tuple[int, int, int]
+Range = Tuple[float, float]
 
 
-def to_example(pixels: np.ndarray, label: int, class_names: Optional[Sequence[str]] = None) -> tf.train.Example:
-    """A canonical example; `class_names` adds the label's name."""
+def encode_png(pixels: np.ndarray) -> bytes:
+    """uint8 pixels [H, W] or [H, W, C] (C 1 or 3) as PNG bytes (lossless)."""
+    pixels = np.asarray(pixels, np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def to_example(image, label: int, class_names: Optional[Sequence[str]] = None) -> tf.train.Example:
+    """A canonical example of an encoded image (bytes) or of uint8 pixels (encoded as PNG); `class_names`
+    adds the label's name."""
+    data = image if isinstance(image, bytes) else encode_png(image)
     feature = {
-        IMAGE_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=pixels.reshape(-1).tolist())),
+        IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
         LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
     }
     if class_names is not None:
@@ -52,21 +62,47 @@ def to_example(pixels: np.ndarray, label: int, class_names: Optional[Sequence[st
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
-def fit_image(image: Image.Image, shape: Shape) -> np.ndarray:
-    """Converts a PIL image to `shape` (H, W, C): grayscale or RGB, bilinear resize."""
-    height, width, channels = shape
-    image = image.convert("L" if channels == 1 else "RGB")
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.BILINEAR)
-    return np.asarray(image, dtype=np.uint8).reshape(shape)
+def _header(source, max_pixels: int, where: str) -> Shape:
+    """(H, W, C) from an image's header (C is 1 for grey modes, else 3), without decoding it; a DataError
+    when it is not an image or declares more than `max_pixels` pixels."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            height, width, mode = image.height, image.width, image.mode
+    except Image.DecompressionBombError as e:  # PIL's own bound, above ours by default
+        declared = re.search(r"\((\d+) pixels\)", str(e))
+        raise DataError(f"{where}: its header declares {declared.group(1) if declared else 'too many'} pixels, over "
+                        f"the limit of {max_pixels} pixels per image (--max-image-pixels). Remove or shrink the "
+                        "file, or pass --skip-bad-files to leave it out.") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{where}: not a readable image ({e}). Remove or replace the file.") from e
+    if height * width > max_pixels:
+        raise DataError(f"{where}: {width}x{height} = {width * height} pixels, over the limit of {max_pixels} pixels "
+                        "per image (--max-image-pixels). Remove or shrink the file, raise the limit, or pass "
+                        "--skip-bad-files to leave it out.")
+    return height, width, 1 if mode in ("1", "L", "LA", "I", "I;16", "P") else 3
 
 
-def decode_image(data: bytes, shape: Shape, where: str) -> np.ndarray:
+def check_image(data: bytes, where: str, max_pixels: int = MAX_IMAGE_PIXELS) -> bytes:
+    """The encoded image as the graph will decode it: its own bytes when TensorFlow decodes them, else (a
+    mode TensorFlow does not read, such as CMYK JPEG) re-encoded once as PNG. A DataError for an image over
+    `max_pixels` (from its header, before decoding) or one whose body does not decode."""
+    _header(data, max_pixels, where)
+    try:
+        tf.io.decode_image(data, channels=0, expand_animations=False)
+        return data
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+        pass
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return fit_image(image, shape)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            return encode_png(np.asarray(image.convert("L" if image.mode in ("1", "L", "I", "I;16") else "RGB")))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{where}: not a readable PNG/JPEG image ({e}). Remove or replace the file.") from e
+
+
+def to_uint8(values: np.ndarray, pixel_range: Range) -> np.ndarray:
+    """Numeric pixel values in `pixel_range` (decided once for the whole span) → 0..255."""
+    low, high = pixel_range
+    return np.clip(np.rint((np.asarray(values, np.float64) - low) * (255.0 / (high - low))), 0, 255).astype(np.uint8)
 
 
 def _read(path: str) -> bytes:
@@ -76,15 +112,16 @@ def _read(path: str) -> bytes:
 
 
 # ----------------------------------------------------------------------------- reading one file or record
-def read_image_file(path: str, class_names: Sequence[str], shape: Shape) -> Iterator[Tuple[np.ndarray, int]]:
-    """One example from `<class>/<file>`; files that are not images (by extension) yield nothing."""
+def read_image_file(path: str, class_names: Sequence[str],
+                    max_pixels: int = MAX_IMAGE_PIXELS) -> Iterator[Tuple[bytes, int]]:
+    """One (encoded image, label) from `<class>/<file>`; files that are not images (by extension) yield nothing."""
     if not path.lower().endswith(IMAGE_EXTENSIONS):
         return
     class_name = os.path.basename(os.path.dirname(path))
     if class_name not in class_names:
         raise DataError(f"{path}: class folder '{class_name}' is not one of the classes {list(class_names)} "
                         "(the latest span's folders). Remove it, or add the class to the latest span.")
-    yield decode_image(_read(path), shape, path), list(class_names).index(class_name)
+    yield check_image(_read(path), path, max_pixels), list(class_names).index(class_name)
 
 
 def _idx_array(path: str, expected_dims: int) -> np.ndarray:
@@ -116,14 +153,13 @@ def _idx_pair(images_path: str) -> Tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def read_idx_file(images_path: str, shape: Shape, num_classes: int) -> Iterator[Tuple[np.ndarray, int]]:
+def read_idx_file(images_path: str, num_classes: int) -> Iterator[Tuple[bytes, int]]:
+    """(PNG of the image, label) of every image in an IDX file (its unsigned bytes are 0..255 pixels)."""
     images, labels = _idx_pair(images_path)
     for index, (pixels, label) in enumerate(zip(images, labels)):
         if not 0 <= label < num_classes:
             raise DataError(f"{images_path} image {index}: label {label} is outside the classes 0..{num_classes - 1}.")
-        if pixels.shape != shape[:2] or shape[2] != 1:
-            pixels = fit_image(Image.fromarray(pixels), shape)
-        yield pixels.reshape(shape), int(label)
+        yield encode_png(pixels), int(label)
 
 
 def _is_encoded_image(data: bytes) -> bool:
@@ -150,16 +186,20 @@ def _label(label: tf.train.Feature, label_feature: str, where: str):
 
 
 def parse_record(record: bytes, image_feature: str, label_feature: str, shape: Shape,
-                 class_names: Sequence[str], where: str = "a record") -> Tuple[np.ndarray, int]:
-    """Reads the image and label (an index into `class_names`) of one serialized tf.Example."""
+                 class_names: Sequence[str], where: str = "a record", pixel_range: Optional[Range] = None,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> Tuple[bytes, int]:
+    """The encoded image and label (an index into `class_names`) of one serialized tf.Example.
+
+    An encoded image is kept as it is; raw uint8 bytes (H*W*C of `shape`) and int or float lists
+    (mapped from `pixel_range`, the span's decided range) are encoded once as PNG."""
     image, label = _features(tf.train.Example.FromString(record), image_feature, label_feature, where)
     size = int(np.prod(shape))
     if image.bytes_list.value:
         data = image.bytes_list.value[0]
         if _is_encoded_image(data):
-            pixels = decode_image(data, shape, f"{where}, feature '{image_feature}'")
+            encoded = check_image(data, f"{where}, feature '{image_feature}'", max_pixels)
         elif len(data) == size:
-            pixels = np.frombuffer(data, dtype=np.uint8)
+            encoded = encode_png(np.frombuffer(data, dtype=np.uint8).reshape(shape))
         else:
             raise DataError(f"{where}: feature '{image_feature}' holds {len(data)} raw bytes, not the {size} of "
                             f"image shape {shape}. Pass the right --image-shape.")
@@ -168,9 +208,13 @@ def parse_record(record: bytes, image_feature: str, label_feature: str, shape: S
         if values.size != size:
             raise DataError(f"{where}: feature '{image_feature}' holds {values.size} values, not the {size} of "
                             f"image shape {shape}. Pass the right --image-shape.")
-        if image.float_list.value and values.max(initial=0.0) <= 1.0:
-            values = values * 255.0  # floats in [0, 1]
-        pixels = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        if pixel_range is None:
+            raise DataError(f"{where}: numeric pixels but no pixel range was decided; probe the data first.")
+        low, high = pixel_range
+        if values.min() < low or values.max() > high:
+            raise DataError(f"{where}: pixel values {values.min():g}..{values.max():g} are outside the pixel range "
+                            f"{low:g}..{high:g} decided for this span. Fix the record, or pass --pixel-range.")
+        encoded = encode_png(to_uint8(values, pixel_range).reshape(shape))
     value = _label(label, label_feature, where)
     if isinstance(value, str):
         if value not in class_names:
@@ -178,7 +222,7 @@ def parse_record(record: bytes, image_feature: str, label_feature: str, shape: S
         value = list(class_names).index(value)
     elif not 0 <= value < len(class_names):
         raise DataError(f"{where}: label {value} is outside the classes 0..{len(class_names) - 1}.")
-    return pixels.reshape(shape), value
+    return encoded, value
 
 
 # ----------------------------------------------------------------------------- probing a data folder
@@ -234,6 +278,9 @@ class DataFacts:
     class_source: str = ""  # where the class set comes from
     decisions: Tuple[str, ...] = ()  # other decisions: empty classes, files left out
     skip_bad_files: bool = False  # unreadable files and records are left out rather than an error
+    pixel_range: Optional[Range] = None  # numeric pixels (int/float lists): the values that map to 0..255
+    range_source: str = ""  # how pixel_range was decided
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # width × height bound of one image, checked before decoding
 
     @property
     def num_classes(self) -> int:
@@ -243,7 +290,8 @@ class DataFacts:
         """The ExampleGen executor's custom_config: how to read the files."""
         return {"format": self.format, "image_shape": list(self.image_shape), "class_names": list(self.class_names),
                 "image_feature": self.image_feature, "label_feature": self.label_feature,
-                "skip_bad_files": self.skip_bad_files}
+                "skip_bad_files": self.skip_bad_files, "max_image_pixels": self.max_image_pixels,
+                "pixel_range": list(self.pixel_range) if self.pixel_range else None}
 
     def describe(self) -> str:
         """What was found and decided, for the user to read before training starts."""
@@ -252,6 +300,11 @@ class DataFacts:
                  + f", {self.num_files} files, {self.num_bytes / 2**20:.1f} MB)",
                  f"  image shape {height}x{width}x{channels}" + (f" ({self.shape_source})" if self.shape_source else "")
                  + (f"; {self.resized} images resized or converted to it" if self.resized else "")]
+        if self.pixel_range:
+            low, high = self.pixel_range
+            shift = "v" if low == 0 else f"(v {'-' if low > 0 else '+'} {abs(low):g})"
+            lines.append(f"  pixel values {low:g}..{high:g} ({self.range_source}); stored as 0..255 = "
+                         f"{shift} * {255 / (high - low):g}")
         source = f" ({self.class_source})" if self.class_source else ""
         if self.class_counts:
             lines.append(f"  {self.num_classes} classes{source}, {sum(self.class_counts)} examples: " + ", ".join(
@@ -277,6 +330,9 @@ class _Scan:
     first_seen: dict = dataclasses.field(default_factory=dict)  # raw label → where it first appears
     shapes: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # (H, W, C) of images
     sizes: dict = dataclasses.field(default_factory=dict)  # raw pixel values per record → where first seen
+    low: Optional[Tuple[float, str]] = None  # numeric (int/float list) pixels: the smallest value, where
+    high: Optional[Tuple[float, str]] = None  # ... and the largest
+    floats: bool = False  # some numeric pixels are floats
     bad: List[str] = dataclasses.field(default_factory=list)  # "where: why" of unreadable files or records
     skipped: List[str] = dataclasses.field(default_factory=list)  # "where: why" of files that are not data
 
@@ -284,15 +340,16 @@ class _Scan:
         self.labels[label] += 1
         self.first_seen.setdefault(label, where)
 
+    def add_values(self, values: np.ndarray, floats: bool, where: str) -> None:
+        if values.size:
+            self.floats |= floats
+            if self.low is None or values.min() < self.low[0]:
+                self.low = (float(values.min()), where)
+            if self.high is None or values.max() > self.high[0]:
+                self.high = (float(values.max()), where)
 
-def _image_header(data_or_path) -> Shape:
-    """(H, W, C) from an image's header, without decoding it; C is 1 for grey modes, else 3."""
-    source = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else data_or_path
-    with Image.open(source) as image:
-        return image.height, image.width, 1 if image.mode in ("1", "L", "LA", "I", "I;16", "P") else 3
 
-
-def _scan_images(folder: str, prefix: str) -> _Scan:
+def _scan_images(folder: str, prefix: str, max_pixels: int) -> _Scan:
     scan = _Scan(files=[], pattern=prefix + "*/*")
     scan.skipped += [f"{f}: not in a class folder" for f in _files(folder)
                      if not os.path.basename(f).startswith(".")]
@@ -308,9 +365,9 @@ def _scan_images(folder: str, prefix: str) -> _Scan:
         scan.files += images
         for path in images:
             try:
-                scan.shapes[_image_header(path if "://" not in path else _read(path))] += 1
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-                scan.bad.append(f"{path}: not a readable image ({e})")
+                scan.shapes[_header(path if "://" not in path else _read(path), max_pixels, path)] += 1
+            except DataError as e:
+                scan.bad.append(str(e).split(". Remove")[0])
                 continue
             scan.add(name, path)
     return scan
@@ -329,7 +386,7 @@ def _scan_idx(folder: str, prefix: str) -> _Scan:
     return scan
 
 
-def _scan_tfrecords(folder: str, prefix: str, image_feature: str, label_feature: str) -> _Scan:
+def _scan_tfrecords(folder: str, prefix: str, image_feature: str, label_feature: str, max_pixels: int) -> _Scan:
     files = [f for f in _files(folder) if f.endswith(TFRECORD_EXTENSIONS)]
     if not files:
         raise DataError(f"{folder}: no TFRecord files (*.tfrecord, *.tfrecords, *.gz).")
@@ -343,13 +400,16 @@ def _scan_tfrecords(folder: str, prefix: str, image_feature: str, label_feature:
                     image, label = _features(tf.train.Example.FromString(record), image_feature, label_feature, where)
                     data = image.bytes_list.value[0] if image.bytes_list.value else None
                     if data is not None and _is_encoded_image(data):
-                        scan.shapes[_image_header(data)] += 1
+                        scan.shapes[_header(data, max_pixels, where)] += 1
+                    elif data is not None:
+                        scan.sizes.setdefault(len(data), where)
                     else:
-                        scan.sizes.setdefault(len(data) if data is not None else
-                                              len(image.float_list.value or image.int64_list.value), where)
+                        values = np.asarray(image.float_list.value or image.int64_list.value)
+                        scan.sizes.setdefault(values.size, where)
+                        scan.add_values(values, bool(image.float_list.value), where)
                     scan.add(_label(label, label_feature, where), where)
-                except (DataError, UnidentifiedImageError, OSError, SyntaxError) as e:
-                    scan.bad.append(str(e) if isinstance(e, DataError) else f"{where}: not a readable image ({e})")
+                except DataError as e:
+                    scan.bad.append(str(e).split(". Remove")[0])
         except tf.errors.DataLossError as e:
             scan.bad.append(f"{path}: not a complete TFRecord file ({e.message.splitlines()[0]})")
     return scan
@@ -388,6 +448,29 @@ def _decide_shape(scan: _Scan, stated: Optional[Shape]) -> Tuple[Shape, int, str
         return shape, 0, "every image has it"
     return shape, differ, (f"the most common of {len(scan.shapes)} sizes, {count} of {total} images; pass "
                            "--image-shape H,W,C to choose another")
+
+
+def _decide_range(scan: _Scan, stated: Optional[Range]) -> Tuple[Optional[Range], str]:
+    """(the pixel range of numeric pixels, how it was decided): one rule for the whole span, never per record.
+    The tightest of KNOWN_RANGES that holds every value, else the values' own range; `stated` wins."""
+    if scan.low is None:
+        return None, ""
+    (low, low_where), (high, high_where) = scan.low, scan.high
+    kind = "floats" if scan.floats else "integers"
+    if stated is not None:
+        if low < stated[0] or high > stated[1]:
+            where = low_where if low < stated[0] else high_where
+            raise DataError(f"--pixel-range {stated[0]:g},{stated[1]:g} does not hold every pixel value: the span's "
+                            f"{kind} run {low:g}..{high:g} (e.g. {where}). Pass a range that holds them all.")
+        return tuple(stated), "from --pixel-range"
+    seen = f"the whole span's {kind} run {low:g}..{high:g}"
+    for known in KNOWN_RANGES:
+        if known[0] <= low and high <= known[1]:
+            return known, f"{seen}; pass --pixel-range LO,HI to override"
+    if high == low:
+        raise DataError(f"every pixel value in the span is {low:g} ({low_where}); there is nothing to learn. "
+                        "Pass --pixel-range LO,HI if the images are meant to be blank.")
+    return (low, high), f"{seen}, not one of the usual ranges, so that range itself; pass --pixel-range LO,HI to override"
 
 
 def _decide_classes(scan: _Scan, spec, fmt: str) -> Tuple[Tuple[str, ...], Tuple[int, ...], str]:
@@ -443,11 +526,11 @@ def probe(spec) -> DataFacts:
     prefix, folder, span = _latest_span(spec.path)
     fmt = detect_format(folder) if spec.format == "auto" else spec.format
     if fmt == "images":
-        scan = _scan_images(folder, prefix)
+        scan = _scan_images(folder, prefix, spec.max_image_pixels)
     elif fmt == "idx":
         scan = _scan_idx(folder, prefix)
     elif fmt == "tfrecord":
-        scan = _scan_tfrecords(folder, prefix, spec.image_feature, spec.label_feature)
+        scan = _scan_tfrecords(folder, prefix, spec.image_feature, spec.label_feature, spec.max_image_pixels)
     else:
         raise DataError(f"--format {fmt}: unknown; use auto, images, idx or tfrecord.")
     decisions = []
@@ -460,6 +543,7 @@ def probe(spec) -> DataFacts:
         decisions.append(f"{len(scan.bad)} unreadable files or records left out (--skip-bad-files)")
     shape, resized, shape_source = _decide_shape(scan, tuple(spec.image_shape) if spec.image_shape else None)
     class_names, counts, class_source = _decide_classes(scan, spec, fmt)
+    pixel_range, range_source = _decide_range(scan, tuple(spec.pixel_range) if spec.pixel_range else None)
     if len(class_names) < 2:
         raise DataError(f"{spec.path}: found {len(class_names)} class; a classifier needs at least 2.")
     empty = [n for n, c in zip(class_names, counts) if c == 0]
@@ -471,7 +555,8 @@ def probe(spec) -> DataFacts:
                      num_files=len(scan.files), num_bytes=sum(tf.io.gfile.stat(f).length for f in scan.files),
                      class_counts=counts, resized=resized, skipped=tuple(scan.skipped + scan.bad),
                      shape_source=shape_source, class_source=class_source, decisions=tuple(decisions),
-                     skip_bad_files=spec.skip_bad_files)
+                     skip_bad_files=spec.skip_bad_files, pixel_range=pixel_range, range_source=range_source,
+                     max_image_pixels=spec.max_image_pixels)
 
 
 DIGITS_SHAPE, DIGITS_CLASSES = (8, 8, 1), tuple(str(d) for d in range(10))  # what write_digits writes
