@@ -9,7 +9,8 @@ from tests.serving.conftest import write_half_plus_two
 
 def _records():
     example = tf.train.Example(features=tf.train.Features(feature={
-        "image": tf.train.Feature(int64_list=tf.train.Int64List(value=[0] * 64))}))
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[tf.io.encode_png(tf.zeros([8, 8, 1],
+                                                                                               tf.uint8)).numpy()]))}))
     return [example.SerializeToString()] * 3
 
 

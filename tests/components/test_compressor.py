@@ -17,15 +17,13 @@ pytestmark = pytest.mark.e2e
 
 
 def run_compressor(result, out, **params):
-    """Runs the Compressor executor on `result`'s Trainer model and Transform outputs; returns its report."""
+    """Runs the Compressor executor on `result`'s Trainer model, examples and transform graph; returns its report."""
     inputs = {
         "model": [tfx_artifact(standard_artifacts.Model, result.uri("Trainer", "model"))],
-        "examples": [tfx_artifact(standard_artifacts.Examples, result.uri("Transform", "transformed_examples"),
+        "examples": [tfx_artifact(standard_artifacts.Examples, result.uri("FileBasedExampleGen", "examples"),
                                   splits=("train", "eval"))],
         "transform_graph": [tfx_artifact(standard_artifacts.TransformGraph,
                                          result.uri("Transform", "transform_graph"))],
-        "raw_examples": [tfx_artifact(standard_artifacts.Examples, result.uri("FileBasedExampleGen", "examples"),
-                                      splits=("train", "eval"))],
     }
     outputs = {"compressed_model": [tfx_artifact(standard_artifacts.Model, str(out / "model"))],
                "report": [tfx_artifact(CompressionReportArtifact, str(out / "report"))],

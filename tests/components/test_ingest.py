@@ -15,8 +15,8 @@ from components.ingest import executor, formats
 from pipeline.config import DataSpec
 
 
-def _examples(spec: formats.DataFacts):
-    """Runs the ExampleGen input PTransform over the latest span; returns (pixels, label) pairs."""
+def _encoded(spec: formats.DataFacts):
+    """Runs the ExampleGen input PTransform over the latest span; returns (encoded image, label) pairs."""
     props = {"input_base": spec.path, "custom_config": spec.example_gen_config()}
     pattern = spec.input_pattern.replace("{SPAN}", "*")
     out = os.path.join(spec.path + "_out", "examples")
@@ -26,8 +26,21 @@ def _examples(spec: formats.DataFacts):
            | beam.io.WriteToTFRecord(out))
     collected = [tf.train.Example.FromString(r.numpy())
                  for r in tf.data.TFRecordDataset(tf.io.gfile.glob(out + "*"))]
-    return [(np.asarray(e.features.feature["image"].int64_list.value),
-             e.features.feature["label"].int64_list.value[0]) for e in collected]
+    pairs = []
+    for e in collected:
+        assert not e.features.feature["image"].int64_list.value and not e.features.feature["image"].float_list.value
+        (image,) = e.features.feature["image"].bytes_list.value
+        assert image[:8] == b"\x89PNG\r\n\x1a\n" or image[:3] == b"\xff\xd8\xff", image[:8]
+        pairs.append((image, e.features.feature["label"].int64_list.value[0]))
+    return pairs
+
+
+def _examples(spec: formats.DataFacts):
+    """(pixels as the transform graph decodes them at the decided image shape, flat; label) pairs."""
+    from models import preprocessing
+
+    return [(preprocessing.decode(tf.constant(image), spec.image_shape).numpy().reshape(-1), label)
+            for image, label in _encoded(spec)]
 
 
 def _png(array, fmt="PNG"):
@@ -184,7 +197,7 @@ def test_image_whose_header_reads_but_body_does_not_names_the_file_in_example_ge
     (tmp_path / "b" / "cut.png").write_bytes(_png(np.arange(64, dtype=np.uint8).reshape(8, 8))[:-30])
     facts = formats.probe(DataSpec(path=str(tmp_path)))  # the header is fine
     with pytest.raises(Exception, match=r"cut\.png: not a readable PNG/JPEG image"):
-        _examples(facts)
+        _encoded(facts)
     assert len(_examples(dataclasses.replace(facts, skip_bad_files=True))) == 2
 
 
@@ -208,3 +221,110 @@ def test_raw_bytes_of_the_wrong_size_name_the_shape(tmp_path):
         "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[0]))}))
     with pytest.raises(formats.DataError, match=r"10 raw bytes, not the 64 of image shape \(8, 8, 1\)"):
         formats.parse_record(example.SerializeToString(), "image", "label", (8, 8, 1), ["0", "1"])
+
+
+def test_jpeg_folder_examples_hold_each_files_own_bytes(tmp_path):
+    rng = np.random.default_rng(3)
+    files = {}
+    for label, cls in enumerate(("a", "b")):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            data = _png(rng.integers(0, 255, size=(40 + 3 * i, 48, 3), dtype=np.uint8), "JPEG")
+            (tmp_path / cls / f"{i}.jpg").write_bytes(data)
+            files[data] = label
+    facts = formats.probe(DataSpec(path=str(tmp_path), image_shape=(32, 32, 3)))
+    pairs = _encoded(facts)
+    assert sorted(pairs) == sorted(files.items())  # not decoded, not re-encoded
+    assert sum(len(image) for image, _ in pairs) == facts.num_bytes
+
+
+def _float_records(path, images, kind="float"):
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for i, image in enumerate(images):
+            values = np.asarray(image).reshape(-1)
+            feature = (tf.train.Feature(float_list=tf.train.FloatList(value=values.tolist())) if kind == "float"
+                       else tf.train.Feature(int64_list=tf.train.Int64List(value=values.astype(int).tolist())))
+            writer.write(tf.train.Example(features=tf.train.Features(feature={
+                "image": feature, "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 2]))}))
+                .SerializeToString())
+
+
+@pytest.mark.parametrize("low,high,kind", [(-0.5, 0.5, "float"), (0.0, 1.0, "float"), (0.0, 255.0, "float"),
+                                           (0.0, 255.0, "int")])
+def test_numeric_pixel_range_is_decided_once_for_the_span(tmp_path, low, high, kind):
+    rng = np.random.default_rng(4)
+    levels = rng.integers(0, 256, size=(12, 6, 6))
+    levels[0, 0, 0], levels[1, 0, 0] = 0, 255  # the span reaches both ends
+    _float_records(tmp_path / "x.tfrecord", low + levels * (high - low) / 255.0, kind)
+    facts = formats.probe(DataSpec(path=str(tmp_path)))
+    assert facts.pixel_range == (low, high)
+    assert f"pixel values {low:g}..{high:g} (the whole span's {'floats' if kind == 'float' else 'integers'}" \
+        in facts.describe()
+    decoded = sorted(p.tobytes() for p, _ in _examples(facts))
+    assert decoded == sorted(image.astype(np.float32).tobytes() for image in levels.reshape(12, -1))
+
+
+def test_a_dark_image_is_scaled_like_its_neighbours(tmp_path):
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, size=(10, 4, 4)).astype(np.float64)
+    images[3] = rng.integers(0, 2, size=(4, 4))  # a dark 0..255 image: its maximum is 1
+    _float_records(tmp_path / "x.tfrecord", images)
+    facts = formats.probe(DataSpec(path=str(tmp_path)))
+    assert facts.pixel_range == (0.0, 255.0)
+    decoded = {p.tobytes() for p, _ in _examples(facts)}
+    assert images[3].reshape(-1).astype(np.float32).tobytes() in decoded  # 0 and 1 stay 0 and 1, not 0 and 255
+
+
+def test_pixel_range_flag_overrides_and_must_hold_the_values(tmp_path):
+    values = np.linspace(0.0, 0.5, 16).reshape(1, 4, 4).repeat(4, axis=0)
+    _float_records(tmp_path / "x.tfrecord", values)
+    assert formats.probe(DataSpec(path=str(tmp_path))).pixel_range == (0.0, 1.0)
+    facts = formats.probe(DataSpec(path=str(tmp_path), pixel_range=(0.0, 0.5)))
+    assert facts.pixel_range == (0.0, 0.5) and "from --pixel-range" in facts.describe()
+    assert max(p.max() for p, _ in _examples(facts)) == 255.0
+    with pytest.raises(formats.DataError, match=r"--pixel-range 0.1,1 does not hold every pixel value: the span's "
+                                                r"floats run 0..0.5"):
+        formats.probe(DataSpec(path=str(tmp_path), pixel_range=(0.1, 1.0)))
+
+
+def _bomb(fmt="PNG", side=16000):
+    """A small file whose header declares side x side pixels (hundreds of megapixels)."""
+    return _png(np.zeros((side, side), np.uint8), fmt) if fmt == "PNG" else _jpeg_header_bomb(side)
+
+
+def _jpeg_header_bomb(side):
+    """A valid small JPEG with its frame header (SOF0) rewritten to declare side x side pixels."""
+    data = bytearray(_png(np.zeros((8, 8), np.uint8), "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", side, side)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_decompression_bomb_is_a_data_error_or_left_out(tmp_path, fmt):
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            (tmp_path / cls / f"{i}.png").write_bytes(_png(np.full((8, 8), 40 * i, np.uint8)))
+    bomb = _bomb(fmt)
+    assert len(bomb) < 400_000
+    (tmp_path / "b" / f"bomb.{fmt.lower()}").write_bytes(bomb)
+    with pytest.raises(formats.DataError, match=r"bomb\.\w+: (16000x16000 = 256000000 pixels|its header declares "
+                                                r"256000000 pixels), over the limit of 40000000 pixels per image "
+                                                r"\(--max-image-pixels\)"):
+        formats.probe(DataSpec(path=str(tmp_path)))
+    facts = formats.probe(DataSpec(path=str(tmp_path), skip_bad_files=True))
+    assert facts.class_counts == (2, 2) and any("bomb" in s for s in facts.skipped)
+    assert len(_encoded(facts)) == 4
+    # ExampleGen checks the bound too (a file that changed after the probe), before decoding
+    with pytest.raises(Exception, match=r"over the limit of 1000 pixels"):
+        list(formats.read_image_file(str(tmp_path / "b" / f"bomb.{fmt.lower()}"), ["a", "b"], 1000))
+
+
+def test_graph_decode_refuses_a_bomb_from_its_header(tmp_path):
+    from models import preprocessing
+
+    for fmt in ("PNG", "JPEG"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"image of 256000000 pixels is over the limit of "
+                                                                 r"40000000 pixels per image"):
+            preprocessing.decode_batch(tf.constant([_bomb(fmt)]), (8, 8, 1))

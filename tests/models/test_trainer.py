@@ -44,7 +44,7 @@ def write_split(source_files, target_dir, copies: int) -> int:
 
 def peak_rss_mb(first_run, tmp_path, copies: int) -> float:
     output, result = first_run
-    transformed = result.uri("Transform", "transformed_examples")
+    transformed = result.uri("FileBasedExampleGen", "examples")
     examples = tmp_path / f"examples_{copies}"
     for split in ("train", "eval"):
         write_split(tf.io.gfile.glob(os.path.join(transformed, f"Split-{split}", "*")),
@@ -61,7 +61,7 @@ def peak_rss_mb(first_run, tmp_path, copies: int) -> float:
 
 
 def test_trainer_streams_its_input_so_memory_does_not_grow_with_the_split(first_run, tmp_path):
-    """A train split 100x larger (~144k examples, ~37 MB as float32, several times that as parsed
-    tf.Examples) must not raise the Trainer's peak RSS: nothing collects a split into memory."""
+    """A train split 100x larger (~144k examples, ~37 MB as float32 once decoded, several times that as
+    parsed tf.Examples) must not raise the Trainer's peak RSS: nothing collects a split into memory."""
     small, large = peak_rss_mb(first_run, tmp_path, 2), peak_rss_mb(first_run, tmp_path, 200)
     assert large - small < 30, (small, large)

@@ -5,6 +5,7 @@ One session-wide run (tests/conftest.py) is shared; later tests rerun it (cache)
 Epochs are trimmed to keep `make test` short.
 """
 import glob
+import io
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from components.ingest import formats
 from models import compression
@@ -29,9 +31,14 @@ def eval_examples(output):
     records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
     labels = np.array([tf.train.Example.FromString(r).features.feature["label"].int64_list.value[0]
                        for r in records])
-    pixels = np.array([tf.train.Example.FromString(r).features.feature["image"].int64_list.value
-                       for r in records], dtype=np.float32).reshape(-1, 8, 8, 1)
+    pixels = np.array([np.asarray(Image.open(io.BytesIO(tf.train.Example.FromString(r).features.feature[
+        "image"].bytes_list.value[0]))) for r in records], dtype=np.float32).reshape(-1, 8, 8, 1)
     return records, pixels, labels
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
 def test_blessed_model_is_pushed_in_tf_serving_layout_and_answers_both_signatures(first_run):
@@ -52,9 +59,20 @@ def test_blessed_model_is_pushed_in_tf_serving_layout_and_answers_both_signature
     assert by_example["probabilities"].shape == (len(labels), 10)
     accuracy = np.mean(by_example["classes"].numpy() == labels)
     assert accuracy >= 0.9, accuracy
-    png = tf.io.encode_png(tf.constant(pixels[:4].astype(np.uint8)[0])).numpy()
-    by_image = model.signatures["predict_images"](images=tf.constant([png]))
-    assert by_image["classes"].numpy()[0] == by_pixels["classes"].numpy()[0]
+    # The same image as raw pixels, as PNG and as JPEG (its pixels from TensorFlow's JPEG decoder, as a client
+    # would decode it) gets the same answer from every signature.
+    pngs = [tf.io.encode_png(p.astype(np.uint8)).numpy() for p in pixels[:16]]
+    by_image = model.signatures["predict_images"](images=tf.constant(pngs))
+    np.testing.assert_array_equal(by_image["probabilities"].numpy(), by_pixels["probabilities"].numpy()[:16])
+    jpegs = []
+    for p in pixels[:16]:
+        buffer = io.BytesIO()
+        Image.fromarray(p[..., 0].astype(np.uint8)).save(buffer, "JPEG", quality=95)
+        jpegs.append(buffer.getvalue())
+    jpeg_pixels = np.stack([tf.io.decode_jpeg(j).numpy().astype(np.float32) for j in jpegs])
+    by_jpeg = model.signatures["predict_images"](images=tf.constant(jpegs))["probabilities"].numpy()
+    np.testing.assert_allclose(by_jpeg, model.signatures["predict_pixels"](
+        pixels=tf.constant(jpeg_pixels))["probabilities"].numpy(), atol=1e-6)
 
 
 def test_serving_model_is_pruned_and_quantization_aware(first_run):
@@ -208,7 +226,10 @@ def test_second_span_warm_starts_and_is_compared_with_the_served_model(first_run
 
 def test_pushed_model_is_served_over_rest_and_grpc(first_run, tmp_path):
     """The model server on the pipeline's serving folder, queried like TF Serving with the client."""
-    from serving.client import GrpcClient, RestClient, classify_images
+    import base64
+    import urllib.error
+
+    from serving.client import GrpcClient, RestClient, ServingClientError, classify_images
     from tests.serving.conftest import start_server
 
     output, result = first_run
@@ -242,24 +263,28 @@ def test_pushed_model_is_served_over_rest_and_grpc(first_run, tmp_path):
         # TF Serving's Classify API: a classify-kind signature answers class names with their scores.
         assert signatures["classify"]["method_name"] == "tensorflow/serving/classify"
         body = json.dumps({"signature_name": "classify", "examples": [
-            {"image": [int(v) for v in p.reshape(-1)]} for p in pixels[:4]]}).encode()
+            {"image": {"b64": base64.b64encode(png).decode()}} for png in pngs[:4]]}).encode()
         with urllib.request.urlopen(urllib.request.Request(server.rest + "/v1/models/digits:classify", body),
                                     timeout=30) as r:
             results = json.loads(r.read())["results"]
         assert [[name for name, _ in row] for row in results] == [[str(d) for d in range(10)]] * 4
         assert [max(row, key=lambda pair: pair[1])[0] for row in results] == names[:4]
-        # The client CLI prints the name.
-        png_path = tmp_path / "digit.png"
-        png_path.write_bytes(pngs[0])
+        # The client CLI prints one line per image, with its class name, for files and folders.
+        import contextlib
+
         from serving import client
 
-        import contextlib
-        import io
-
+        (tmp_path / "folder" / "sub").mkdir(parents=True)
+        for i, png in enumerate(pngs[:3]):
+            (tmp_path / "folder" / ("sub" if i == 2 else "") / f"digit{i}.png").write_bytes(png)
+        (tmp_path / "folder" / "notes.txt").write_text("not an image")
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
-            assert client.main(["predict", "--image", str(png_path), "--server", server.rest.split("//")[-1]]) == 0
-        assert f'digit.png: "{names[0]}" p=' in printed.getvalue()
+            assert client.main(["predict", str(tmp_path / "folder"), "--image", str(tmp_path / "folder" / "digit0.png"),
+                                "--server", server.rest.split("//")[-1]]) == 0
+        lines = printed.getvalue().splitlines()
+        assert len(lines) == 4 and lines[0].startswith(str(tmp_path / "folder" / "digit0.png") + f': "{names[0]}" p=')
+        assert [line.split('"')[1] for line in lines] == [names[0], names[1], names[2], names[0]]
         # The pushed version carries TF Serving warm-up requests; the server replayed them before serving.
         assert os.path.isfile(os.path.join(result.pushed_dir, "assets.extra", "tf_serving_warmup_requests"))
         assert re.search(r"Warmed up digits version \d+ with 64 requests", open(server.log_path).read())
@@ -284,6 +309,28 @@ def test_pushed_model_is_served_over_rest_and_grpc(first_run, tmp_path):
         tfx_client = TensorFlowServingClient(server.grpc, "digits")
         tfx_client.WaitUntilModelLoaded(deadline=time.time() + 30, polling_interval_sec=1)
         tfx_client.SendRequests(requests)  # raises on any failed request
+        # A decompression bomb (a 249 KB PNG declaring 16,000 x 16,000 pixels) is refused from its header,
+        # as an image and inside a tf.Example, over REST and gRPC, and costs the server no memory.
+        bomb = io.BytesIO()
+        Image.new("L", (16000, 16000)).save(bomb, "PNG")
+        bomb = bomb.getvalue()
+        limit = r"image of 256000000 pixels is over the limit of 40000000 pixels per image \(max_image_pixels\)"
+        bomb_example = formats.to_example(bomb, 0).SerializeToString()
+        rss_before = _rss_mb(server.proc.pid)
+        for _ in range(10):
+            with pytest.raises(ServingClientError, match=r"INVALID_ARGUMENT.*" + limit):
+                grpc_client.predict({"images": np.asarray([bomb] * 2, dtype=object)}, signature="predict_images")
+            with pytest.raises(ServingClientError, match=r"INVALID_ARGUMENT.*" + limit):
+                grpc_client.predict({"examples": np.asarray([bomb_example], dtype=object)})
+            body = json.dumps({"signature_name": "predict_images", "instances": [
+                {"b64": base64.b64encode(bomb).decode()}] * 2}).encode()
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(urllib.request.Request(server.rest + "/v1/models/digits:predict", body),
+                                       timeout=30)
+            assert refused.value.code == 400 and re.search(limit, json.loads(refused.value.read())["error"])
+        assert _rss_mb(server.proc.pid) - rss_before < 20, (rss_before, _rss_mb(server.proc.pid))
+        assert len(grpc_client.predict({"images": np.asarray(pngs[:2], dtype=object)}, signature="predict_images")[
+            "classes"]) == 2  # still serving
     finally:
         server.stop()
 
