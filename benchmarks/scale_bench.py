@@ -84,7 +84,7 @@ import json, os, resource, sys, time
 start = time.perf_counter()
 import numpy as np, tensorflow as tf
 import models
-from models import cnn
+from models import networks
 folder, shape, epochs, hp = sys.argv[1], tuple(json.loads(sys.argv[2])), int(sys.argv[3]), json.loads(sys.argv[4])
 files = sorted(os.listdir(folder))
 if any("idx3" in f for f in files):
@@ -99,10 +99,10 @@ else:
     parsed = records.map(lambda r: tf.io.parse_single_example(r, spec))
     x = np.stack([np.frombuffer(p["image"], np.uint8) if raw else p["image"] for p in parsed.as_numpy_iterator()])
     y = np.array([p["label"] for p in parsed.as_numpy_iterator()])
-x = x.astype("float32") / 255.0
+x = x.astype("float32").reshape(-1, *shape) / 255.0
 n = int(len(y) * 0.8)
 train = tf.data.Dataset.from_tensor_slices((x[:n], y[:n])).shuffle(n, seed=0).batch(hp["batch_size"]).prefetch(2)
-model = cnn.compile_model(cnn.build_model(shape, 10, hp), hp["learning_rate"])
+model = networks.compile_model(networks.small_cnn(shape, 10, hp), hp["learning_rate"])
 fit_start = time.perf_counter()
 model.fit(train, epochs=epochs, verbose=0)
 fit_seconds = time.perf_counter() - fit_start
@@ -151,7 +151,7 @@ def python(*args, **kwargs) -> str:
 
 def peak_rss_alone(which: str, result, config: str, out: str) -> float:
     stdout = python("-c", ALONE, which, result.uri("Trainer", "model") or "",
-                    result.uri("Transform", "transformed_examples"), result.uri("Transform", "transform_graph"),
+                    result.uri("FileBasedExampleGen", "examples"), result.uri("Transform", "transform_graph"),
                     out, config)
     return round(float(stdout.split("PEAK_RSS_MB")[-1]), 1)
 

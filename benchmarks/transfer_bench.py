@@ -87,14 +87,14 @@ def few_shot(work: str) -> dict:
     import tensorflow as tf
     import tf_keras as keras
 
-    from models import cnn
+    from models import networks
 
     images, labels = digit_images(20_000, 28, False, seed=2)
     old, new = labels < 5, labels >= 5
     keras.utils.set_random_seed(0)
     hp = {"conv_filters": [32, 64], "dense_units": 256, "dropout": 0.3}
-    base = cnn.compile_model(cnn.build_model((28, 28, 1), 5, hp), 1e-3)
-    base.fit(images[old].reshape(-1, 784) / 255.0, labels[old], epochs=5, batch_size=64, verbose=0)
+    base = networks.compile_model(networks.small_cnn((28, 28, 1), 5, hp), 1e-3)
+    base.fit(images[old].reshape(-1, 28, 28, 1) / 255.0, labels[old], epochs=5, batch_size=64, verbose=0)
     base_path = os.path.join(work, "base_0_4.keras")
     base.save(base_path)
     new_images, new_labels = images[new], labels[new]

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
+import tf_keras as keras
 
 
 # ----------------------------------------------------------------------------- the stages
@@ -28,26 +29,91 @@ def pruning_schedule(total_steps: int, target_sparsity: float):
                                                 begin_step=0, end_step=end_step, frequency=frequency)
 
 
+def _has_kernel(layer) -> bool:
+    return any(w.name.split("/")[-1].split(":")[0] in ("kernel", "depthwise_kernel") for w in layer.weights)
+
+
+def prunable(model, schedule):
+    """`model` with every layer TFMOT can prune wrapped for pruning on `schedule`, and the names of the layers
+    with kernels it cannot prune (kept dense)."""
+    kept = []
+
+    def wrap(layer):
+        if not layer.weights:
+            return layer
+        try:
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+        except ValueError:  # TFMOT's answer for a layer type it does not support
+            if _has_kernel(layer):
+                kept.append(layer.name)
+            return layer
+
+    return keras.models.clone_model(model, clone_function=wrap), kept
+
+
 def prune(model, schedule, epochs: int, steps_per_epoch: int, train, callbacks, compile_fn, verbose: int = 2):
-    """Magnitude pruning on `schedule`, fine-tuned for `epochs`, then stripped of its wrappers."""
-    pruned = compile_fn(tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule))
+    """Magnitude pruning on `schedule`, fine-tuned for `epochs`, then stripped of its wrappers.
+    Returns (the pruned model, names of layers with kernels TFMOT could not prune)."""
+    pruned, kept = prunable(model, schedule)
+    pruned = compile_fn(pruned)
     pruned.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
                callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *callbacks])
-    return tfmot.sparsity.keras.strip_pruning(pruned)
+    return tfmot.sparsity.keras.strip_pruning(pruned), kept
+
+
+class KeepFloat(tfmot.quantization.keras.QuantizeConfig):
+    """Leaves a layer TFMOT cannot quantize (Rescaling, Normalization, ...) in float: TFMOT's documented
+    no-op QuantizeConfig."""
+
+    def get_weights_and_quantizers(self, layer):
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        pass
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return []
+
+    def get_config(self):
+        return {}
+
+
+def quantizable(model, scheme=None):
+    """`model` with 8-bit fake quantization (Conv-BatchNorm-ReLU folded, as TFMOT's QAT does) on every layer
+    TFMOT can quantize; the others stay float. Returns (the QAT model, names of the layers kept float)."""
+    registry = tfmot.quantization.keras.default_8bit.Default8BitQuantizeRegistry()
+    kept = []
+
+    def annotate(layer):
+        if isinstance(layer, keras.layers.InputLayer):
+            return layer
+        if registry.supports(layer) or isinstance(layer, keras.layers.BatchNormalization):  # BN: folded
+            return tfmot.quantization.keras.quantize_annotate_layer(layer)
+        kept.append(layer.name)
+        return tfmot.quantization.keras.quantize_annotate_layer(layer, KeepFloat())
+
+    annotated = keras.models.clone_model(model, clone_function=annotate)
+    with tfmot.quantization.keras.quantize_scope({"KeepFloat": KeepFloat}):
+        quantized = tfmot.quantization.keras.quantize_apply(annotated, scheme or
+                                                            tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme())
+    return quantized, kept
 
 
 def quantize_aware(model, sparse: bool, epochs: int, steps_per_epoch: int, train, callbacks, compile_fn,
                    verbose: int = 2):
-    """8-bit quantization-aware training; with `sparse`, the prune-preserving scheme (PQAT) keeps zeros."""
-    annotated = tfmot.quantization.keras.quantize_annotate_model(model)
-    if sparse:
-        scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
-        quantized = tfmot.quantization.keras.quantize_apply(annotated, scheme)
-    else:
-        quantized = tfmot.quantization.keras.quantize_apply(annotated)
+    """8-bit quantization-aware training; with `sparse`, the prune-preserving scheme (PQAT) keeps zeros.
+    Returns (the QAT model, names of the layers kept float)."""
+    scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme() if sparse else None
+    quantized, kept = quantizable(model, scheme)
     quantized = compile_fn(quantized)
     quantized.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose, callbacks=callbacks)
-    return quantized
+    return quantized, kept
 
 
 def for_serving(quantized, float_model):
@@ -58,7 +124,7 @@ def for_serving(quantized, float_model):
     its on-grid float kernels take ~1 byte per non-zero weight once gzip-compressed.
     `float_model` is a fresh float model of the same architecture.
     """
-    clone = tfmot.quantization.keras.quantize_apply(tfmot.quantization.keras.quantize_annotate_model(float_model))
+    clone, _ = quantizable(float_model)
     clone.set_weights(quantized.get_weights())
     for layer in clone.layers:
         weights = {w.name.split("/")[-1].split(":")[0]: w for w in layer.weights}

@@ -26,11 +26,12 @@ def require_examples(file_patterns: List[str], split: str) -> None:
 
 
 def dataset(fn_args, file_patterns: List[str], tft_output, batch_size: int, seed: int,
-            train: bool) -> tf.data.Dataset:
+            train: bool, augment: bool = False) -> tf.data.Dataset:
     """({"image": [B, H, W, C] floats}, label [B]) batches of a split of canonical examples, decoded by the
     transform graph (`tft_output`) in parallel as they stream.
 
     train: shuffled (seeded) and repeated forever (fit with steps_per_epoch); otherwise one ordered pass.
+    augment: random training-only changes (models/augment.py) after decoding; never in a served graph.
     """
     sample = [len(r) for r in _records(file_patterns).take(100).as_numpy_iterator()]
     record_bytes = max(1, sum(sample) // max(1, len(sample)))
@@ -44,7 +45,12 @@ def dataset(fn_args, file_patterns: List[str], tft_output, batch_size: int, seed
     def decode(features, label):
         return ({IMAGE_KEY: transform({IMAGE_KEY: features[IMAGE_KEY]})[IMAGE_KEY]}, tf.reshape(label, [-1]))
 
-    return raw.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+    batches = raw.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if augment:
+        from models import augment as augmentation
+
+        batches = augmentation.apply(batches, seed)
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def _records(file_patterns: List[str]) -> tf.data.Dataset:

@@ -1,7 +1,9 @@
-"""The Trainer's run_fn: streamed transformed examples → the float baseline CNN, exported for serving.
+"""The Trainer's run_fn: streamed canonical examples, decoded by the transform graph → the float baseline
+network, exported for serving.
 
 custom_config (pipeline.config.PipelineConfig.trainer_config): image_shape, class_names, seed,
-hparams (models/cnn.py) and start (where the model comes from, for provenance). The Trainer's standard
+hparams (the network by name, models/networks.py; augmentation, models/augment.py) and start (where the
+model comes from, for provenance). The Trainer's standard
 inputs decide how it trains: `base_model` (warm start, or a user's model through models/transfer.py)
 and `hyperparameters` (the Tuner's best, models/tuning.py). Compression is a separate component
 (components/compressor).
@@ -16,7 +18,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from models import cnn, data, devices, signatures, transfer
+from models import data, devices, networks, signatures, transfer
 
 log = logging.getLogger(__name__)
 VERBOSE = 1 if sys.stdout.isatty() else 2  # a progress bar on a terminal, one line per epoch in logs
@@ -53,7 +55,8 @@ def run_fn(fn_args) -> None:
 
     plan = devices.plan_devices(devices.visible_gpus())
     devices.seed_everything(seed, plan)
-    log.info("Training on %s, seed %d; %s", plan.describe(), seed, config.get("start", "from scratch"))
+    log.info("Training on %s, seed %d; %s; network %s; augmentation %s", plan.describe(), seed,
+             config.get("start", "from scratch"), hp["network"], "on" if hp["augment"] else "off")
 
     # Step counts: TrainArgs/EvalArgs when given, else one pass over each split per epoch.
     data.require_examples(fn_args.train_files, "train")
@@ -61,7 +64,8 @@ def run_fn(fn_args) -> None:
     train_examples = data.count_examples(fn_args.train_files)
     steps_per_epoch = (-(-fn_args.train_steps // hp["epochs"]) if fn_args.train_steps
                        else data.steps(train_examples, hp["batch_size"]))
-    train = data.dataset(fn_args, fn_args.train_files, tft_output, hp["batch_size"], seed, train=True)
+    train = data.dataset(fn_args, fn_args.train_files, tft_output, hp["batch_size"], seed, train=True,
+                         augment=hp["augment"])
     evaluation = data.dataset(fn_args, fn_args.eval_files, tft_output, hp["batch_size"], seed, train=False)
     if fn_args.eval_steps:
         evaluation = evaluation.take(fn_args.eval_steps)
@@ -70,7 +74,11 @@ def run_fn(fn_args) -> None:
     with devices.make_strategy(plan).scope():
         # Phases: (name, trainable layers or None for all, epoch ceiling, learning rate)
         if not fn_args.base_model:
-            model, replaced = cnn.build_model(image_shape, num_classes, hp), None
+            weights = hp["backbone_weights"]
+            if hp["network"] in networks.BACKBONES and not weights:
+                weights = networks.cached_weights(hp["network"], image_shape, hp["alpha"])
+            model, features, replaced = networks.build(hp["network"], image_shape, num_classes, hp, weights), [], None
+            hp["backbone_weights"] = weights
             phases = [("from scratch", None, hp["epochs"], hp["learning_rate"])]
         else:
             base = transfer.load(transfer.keras_file(os.path.dirname(fn_args.base_model)))
@@ -82,9 +90,10 @@ def run_fn(fn_args) -> None:
                 phases = [("warm start", None, hp["fine_tune_epochs"], hp["learning_rate"])]
         history, timers = [], []
         for name, frozen, epochs, learning_rate in phases:
-            for layer in model.layers:
-                layer.trainable = not frozen or layer not in frozen
-            cnn.compile_model(model, learning_rate)
+            for layer in model.layers:  # BatchNorm of a reused base stays in inference mode (Keras' transfer guide)
+                layer.trainable = (not frozen or layer not in frozen) and not (
+                    replaced and isinstance(layer, keras.layers.BatchNormalization) and layer in features)
+            networks.compile_model(model, learning_rate)
             timers.append(TrainTime())
             fit = model.fit(train, initial_epoch=len(history), epochs=len(history) + epochs,
                             steps_per_epoch=steps_per_epoch, validation_data=evaluation, verbose=VERBOSE,
@@ -107,6 +116,7 @@ def run_fn(fn_args) -> None:
 
     seconds = sum(t.seconds for t in timers)
     summary = {"device": plan.describe(), "seed": seed, "train_examples": train_examples,
+               "network": hp["network"] if not fn_args.base_model else "base model", "augment": hp["augment"],
                "start": config.get("start", "from scratch"), "head_replaced": replaced,
                "tuned": bool(fn_args.hyperparameters), "hparams": hp, "epochs": history,
                "epochs_run": len(history), "epochs_max": sum(p[2] for p in phases),
@@ -115,7 +125,8 @@ def run_fn(fn_args) -> None:
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, SUMMARY), "w") as f:
         json.dump(summary, f, indent=1)
     with tf.summary.create_file_writer(os.path.join(fn_args.model_run_dir, "baseline", "provenance")).as_default():
-        tf.summary.text("provenance", json.dumps({k: summary[k] for k in ("start", "head_replaced", "tuned", "hparams")},
+        tf.summary.text("provenance", json.dumps({k: summary[k] for k in ("start", "network", "augment", "head_replaced",
+                                                                          "tuned", "hparams")},
                                                  indent=1), step=0)
     log.info("Baseline (%s): %d epochs %s, %.0f examples/s", summary["start"], len(history),
              [(p[0], sum(e["phase"] == p[0] for e in history)) for p in phases], summary["examples_per_second"])

@@ -1,11 +1,13 @@
 """Starting from an existing model: warm start on new data, or the Keras transfer-learning recipe.
 
-A base model is either the float model behind an earlier pushed version (a Model artifact holding
-Format-Keras/model.keras) or the user's own Keras model (a SavedModel folder, `.keras` or `.h5` file)
-whose layers form one chain from its input to its last Dense layer (the head).
+A base model is the float model behind an earlier pushed version (a Model artifact holding
+Format-Keras/model.keras) or the user's own Keras model (a SavedModel folder, `.keras` or `.h5` file):
+Sequential, functional with branches and residual adds (every keras.applications model), or with a
+backbone nested as a layer. Its graph is rebuilt on the pipeline's own `image` input with nested
+models inlined (TFMOT prunes and quantizes only flat graphs); its layers, and so its weights, are reused.
 """
 import os
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import tf_keras as keras
@@ -14,7 +16,10 @@ from models import data
 
 
 class IncompatibleBaseModel(ValueError):
-    """The base model cannot read this data; the message says what it expects."""
+    """The base model cannot be used on this data; the message names the layer or shape and why."""
+
+
+FEATURE_ENDS = (keras.layers.Flatten, keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)
 
 
 def keras_file(uri: str) -> str:
@@ -34,61 +39,109 @@ def load(path: str) -> keras.Model:
                                     "or an .h5 file.") from e
 
 
-def _chain(base: keras.Model):
-    """The base's layers after its input, up to (not including) its last Dense layer, and that layer."""
-    layers = [layer for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
-    dense = [i for i, layer in enumerate(layers) if isinstance(layer, keras.layers.Dense)]
-    if not dense:
-        raise IncompatibleBaseModel(f"base model '{base.name}' has no Dense layer to use as its head.")
-    previous = base.layers[0]  # its InputLayer
-    for layer in layers:  # in the base's own graph (node 0), each layer reads the one before it
-        inbound = layer._inbound_nodes[0].inbound_layers
-        if isinstance(inbound, list) or inbound is not previous:
-            raise IncompatibleBaseModel(f"base model '{base.name}' is not a single chain of layers (layer "
-                                        f"'{layer.name}' does not read only the layer before it); give a "
-                                        "sequential model.")
-        previous = layer
-    return layers[:dense[-1]], layers[dense[-1]]
+class _Inlined:
+    """A model's computation replayed on new inputs, layer by layer, with nested models inlined."""
+
+    def __init__(self):
+        self.called: List[keras.layers.Layer] = []  # every reused layer, in call order
+        self.feature_end = None  # output of the last Flatten / global pooling called
+        self.last_dense: Optional[keras.layers.Dense] = None
+        self.dense_input = None  # what the last Dense called reads
+
+    def call(self, layer, x):
+        if isinstance(layer, keras.Model):
+            return self.model(layer, x)
+        try:
+            y = layer(x)
+        except Exception as e:  # a layer that cannot read what comes before it here
+            raise IncompatibleBaseModel(f"base model layer '{layer.name}' ({type(layer).__name__}) cannot be "
+                                        f"rebuilt on this data: {str(e).splitlines()[0][:200]}") from e
+        self.called.append(layer)
+        if isinstance(layer, FEATURE_ENDS):
+            self.feature_end = y
+        if isinstance(layer, keras.layers.Dense):
+            self.last_dense, self.dense_input = layer, x
+        return y
+
+    def model(self, model: keras.Model, x):
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            raise IncompatibleBaseModel(f"base model '{model.name}' has {len(model.inputs)} inputs and "
+                                        f"{len(model.outputs)} outputs; the pipeline feeds one image and needs one "
+                                        "class-probability output.")
+        if isinstance(model, keras.Sequential):
+            for layer in model.layers:
+                x = self.call(layer, x)
+            return x
+        config = model.get_config()  # the functional graph: each layer's inbound nodes, by layer name
+        (input_name, _, _), = config["input_layers"]
+        tensors = {(input_name, 0, 0): x}
+        pending = [entry for entry in config["layers"] if entry["class_name"] != "InputLayer"]
+        while pending:  # layers in graph order; a shared layer's later node may wait for its inputs
+            waiting = []
+            for entry in pending:
+                nodes = entry["inbound_nodes"]
+                done = sum(1 for key in tensors if key[0] == entry["name"] and key[2] == 0)
+                ready = all((n[0], n[1], n[2]) in tensors for n in nodes[done])
+                if not ready:
+                    waiting.append(entry)
+                    continue
+                inputs = [tensors[(n[0], n[1], n[2])] for n in nodes[done]]
+                outputs = self.call(model.get_layer(entry["name"]), inputs[0] if len(inputs) == 1 else inputs)
+                for index, tensor in enumerate(outputs if isinstance(outputs, (list, tuple)) else [outputs]):
+                    tensors[(entry["name"], done, index)] = tensor
+                if done + 1 < len(nodes):
+                    waiting.append(entry)
+            if len(waiting) == len(pending):
+                raise IncompatibleBaseModel(f"base model '{model.name}': layer '{waiting[0]['name']}' reads "
+                                            "tensors the pipeline cannot rebuild (not from the model's input).")
+            pending = waiting
+        (name, node, index), = config["output_layers"]
+        return tensors[(name, node, index)]
 
 
-def check(base: keras.Model, image_shape: Tuple[int, int, int]) -> None:
-    """Raises IncompatibleBaseModel unless `base` reads images of `image_shape` (flat or H,W,C)."""
-    expected = tuple(base.input_shape[1:])
+def _input_check(base: keras.Model, image_shape) -> None:
+    expected = tuple(base.input_shape[1:]) if not isinstance(base.input_shape, list) else None
     flat = (int(np.prod(image_shape)),)
-    if expected not in (tuple(image_shape), flat):
+    fits = expected is not None and (expected == flat or (len(expected) == 3 and all(
+        e is None or e == d for e, d in zip(expected, image_shape))))
+    if not fits:
         raise IncompatibleBaseModel(
             f"the base model expects inputs of shape {expected}, but this data's images are "
             f"{'x'.join(map(str, image_shape))} ({flat[0]} values). Pass --image-shape to resize the data to "
             "what the base model reads, or choose another base model.")
-    _chain(base)
 
 
-FEATURE_ENDS = (keras.layers.Flatten, keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)
+def check(base: keras.Model, image_shape: Tuple[int, int, int]) -> None:
+    """Raises IncompatibleBaseModel unless `base` can be rebuilt on images of `image_shape`."""
+    adapt(base, image_shape, num_classes=2)
 
 
 def adapt(base: keras.Model, image_shape, num_classes: int) -> Tuple[keras.Model, list, Optional[str]]:
     """A model of the pipeline's contract (`image` [H, W, C] input, `probabilities` output) reusing `base`'s layers.
 
     With as many outputs as classes, the whole network is reused (warm start). Otherwise its classifier
-    top is dropped, as `include_top=False` does in keras.applications: the feature layers up to its
-    last Flatten/global pooling (up to its last Dense layer if it has none) get a new Dense head.
+    top is dropped, as `include_top=False` does in keras.applications: the layers up to its last Flatten /
+    global pooling (up to its last Dense layer's input if it has none) get a new Dense head.
     Returns (model, the reused feature layers, why the head was replaced or None if it was kept).
     """
-    check(base, image_shape)
-    body, head = _chain(base)
+    _input_check(base, image_shape)
     inputs = keras.Input(shape=tuple(image_shape), name="image")
     x = keras.layers.Flatten()(inputs) if len(base.input_shape) == 2 else inputs
-    if head.units == num_classes:
-        for layer in body + [head]:
-            x = layer(x)
-        if head.activation is not keras.activations.softmax:  # ours apply softmax in a separate layer
-            x = keras.layers.Activation("softmax", dtype="float32")(x)
-        return keras.Model(inputs, keras.layers.Activation("linear", name="probabilities")(x)), body, None
-    ends = [i for i, layer in enumerate(body) if isinstance(layer, FEATURE_ENDS)]
-    features = body[:ends[-1] + 1] if ends else body
-    for layer in features:
-        x = layer(x)
-    x = keras.layers.Dense(num_classes, name="new_head")(x)
+    replay = _Inlined()
+    outputs = replay.model(base, x)
+    head = replay.last_dense
+    if head is None:
+        raise IncompatibleBaseModel(f"base model '{base.name}' has no Dense layer (its last layer is "
+                                    f"'{base.layers[-1].name}'): the pipeline replaces or reuses a Dense head.")
+    if head.units == num_classes and tuple(outputs.shape[1:]) == (num_classes,):
+        last = replay.called[-1]
+        if getattr(last, "activation", None) is not keras.activations.softmax:
+            outputs = keras.layers.Activation("softmax", dtype="float32")(outputs)
+        model = keras.Model(inputs, keras.layers.Activation("linear", name="probabilities")(outputs))
+        return model, list(dict.fromkeys(replay.called)), None
+    features = replay.feature_end if replay.feature_end is not None else replay.dense_input
+    body = keras.Model(inputs, features)
+    x = keras.layers.Dense(num_classes, name="new_head")(features)
     outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
-    return (keras.Model(inputs, outputs), features,
+    return (keras.Model(inputs, outputs), [layer for layer in body.layers if not isinstance(layer, keras.layers.InputLayer)],
             f"the base model has {head.units} outputs and this data {num_classes} classes")

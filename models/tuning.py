@@ -14,14 +14,14 @@ import tf_keras as keras
 from tensorboard.plugins.hparams import api as hparams_api
 from tfx.components.tuner.component import TunerFnResult
 
-from models import cnn, data, devices
+from models import data, devices, networks
 
 log = logging.getLogger(__name__)
 OBJECTIVE = "val_loss"
 
 
 def search_space(hp: keras_tuner.HyperParameters) -> dict:
-    """What tuning may change, as HParams fields (models/cnn.py), for the trial `hp` describes."""
+    """What tuning may change, as HParams fields (models/networks.py), for the trial `hp` describes."""
     filters = hp.Choice("conv_filters", [16, 32, 64])
     return {"conv_filters": [filters, 2 * filters],
             "dense_units": hp.Choice("dense_units", [64, 128, 256]),
@@ -45,7 +45,7 @@ class _Search(keras_tuner.RandomSearch):
 
     def run_trial(self, trial, train, evaluation, steps_per_epoch: int, epochs: int):
         hp = {**self.base_hparams, **search_space(trial.hyperparameters)}
-        model = cnn.compile_model(cnn.build_model(self.image_shape, self.num_classes, hp), hp["learning_rate"])
+        model = networks.compile_model(networks.build(hp["network"], self.image_shape, self.num_classes, hp), hp["learning_rate"])
         trial_dir = os.path.join(self.logdir, trial.trial_id)
         hparams = {name: (str(value) if isinstance(value, list) else value)
                    for name, value in trial.hyperparameters.values.items()}

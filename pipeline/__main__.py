@@ -115,8 +115,23 @@ def _add_settings(parser: argparse.ArgumentParser, output_dir: bool = True) -> N
                                              "the bundled data)")
     parser.add_argument("--pipeline-name", default=None, help="TFX pipeline name (default: the model name)")
     train = parser.add_argument_group("training")
-    flag(train, "epochs", hp, "epoch ceiling (early stopping on validation loss)", type=_positive)
-    flag(train, "patience", hp, "epochs without a better validation loss before stopping", type=_positive)
+    from models import networks
+
+    train.add_argument("--model", choices=networks.NETWORKS, dest="network",
+                       help="the network (default: small_cnn for grey images up to 32 px, else convnet)")
+    train.add_argument("--backbone-weights", metavar="FILE",
+                       help="no-top weights (.h5) of a keras.applications --model (default: the file Keras caches "
+                            "under ~/.keras/models/ if there, else random weights; nothing is downloaded)")
+    augment = train.add_mutually_exclusive_group()
+    augment.add_argument("--augment", action="store_true", default=None,
+                         help="random flip, rotation, zoom and contrast in training (default: on for colour images)")
+    augment.add_argument("--no-augment", action="store_false", dest="augment", help="no augmentation")
+    budgets = ", ".join(f"{name} {b.epochs}" for name, b in networks.BUDGETS.items())
+    train.add_argument("--epochs", type=_positive,
+                       help=f"epoch ceiling (early stopping on validation loss; default by network: {budgets})")
+    train.add_argument("--patience", type=_positive,
+                       help="epochs without a better validation loss before stopping (default by network: "
+                            + ", ".join(f"{name} {b.patience}" for name, b in networks.BUDGETS.items()) + ")")
     flag(train, "batch_size", hp, "examples per batch", type=_positive)
     flag(train, "dense_units", hp, "units of the dense layer", type=_positive)
     flag(train, "learning_rate", hp, "Adam learning rate", type=_number(float, 0.0, low_open=True))
@@ -169,14 +184,19 @@ def config_from_args(args) -> cfg.PipelineConfig:
                                pixel_range=args.pixel_range)
     if args.max_image_pixels is not None:
         config.data.max_image_pixels = args.max_image_pixels
-    for owner, fields in ((config.hparams, ("epochs", "patience", "batch_size", "dense_units", "learning_rate",
-                                            "fine_tune_epochs", "head_epochs")),
+    for owner, fields in ((config.hparams, ("network", "backbone_weights", "augment", "epochs", "patience",
+                                            "batch_size", "dense_units", "learning_rate", "fine_tune_epochs",
+                                            "head_epochs")),
                           (config.compression, ("target_sparsity", "prune_epochs", "qat_epochs", "max_accuracy_drop")),
                           (config.thresholds, ("min_accuracy", "min_class_accuracy", "min_slice_examples",
                                                "max_regression"))):
         for field in fields:
             if getattr(args, field) is not None:
                 setattr(owner, field, getattr(args, field))
+    if config.hparams.backbone_weights:
+        if not os.path.isfile(config.hparams.backbone_weights):
+            raise UsageError(f"--backbone-weights {config.hparams.backbone_weights}: no such file")
+        config.hparams.backbone_weights = os.path.abspath(config.hparams.backbone_weights)
     config.compression.prune, config.compression.qat = not args.no_prune, not args.no_qat
     if args.beam_arg:
         config.beam_args = args.beam_arg

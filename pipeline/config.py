@@ -27,14 +27,19 @@ def model_name_of(data_path: Optional[str]) -> str:
 
 @dataclasses.dataclass
 class HParams:
-    """Training hyperparameters of the CNN (models/cnn.py reads them)."""
+    """Training hyperparameters (models/networks.py and models/trainer.py read them)."""
 
-    epochs: int = 20  # a ceiling: training stops when validation loss stops improving
-    patience: int = 2  # epochs without a better validation loss before stopping (best weights kept)
+    network: Optional[str] = None  # one of models.networks.NETWORKS; None: small_cnn for small grey images, else convnet
+    backbone_weights: Optional[str] = None  # a keras.applications backbone's no-top weights file (None: Keras' cache or random)
+    augment: Optional[bool] = None  # random flip/rotation/zoom/contrast in training; None: on for colour images
+    epochs: Optional[int] = None  # a ceiling (early stopping on validation loss); None: the network's budget
+    patience: Optional[int] = None  # epochs without a better validation loss before stopping; None: the network's
     batch_size: int = 32
     learning_rate: float = 1e-3
-    conv_filters: Tuple[int, ...] = (32, 64)
-    dense_units: int = 256
+    conv_filters: Tuple[int, ...] = (32, 64)  # small_cnn
+    dense_units: int = 256  # small_cnn
+    convnet_filters: Tuple[int, ...] = (32, 64, 128, 256)  # convnet: one conv-BN-ReLU-MaxPool block each
+    alpha: float = 1.0  # mobilenet_v2's width multiplier
     dropout: float = 0.3
     # Starting from an existing model (models/transfer.py):
     fine_tune_epochs: int = 6  # ceiling when warm-starting, and of the unfrozen phase of transfer learning
@@ -126,9 +131,16 @@ class PipelineConfig:
         return os.path.abspath(os.path.join(self.output_dir, "report"))
 
     def trainer_config(self, image_shape, class_names) -> dict:
-        """The settings the Trainer's run_fn receives as custom_config."""
-        return {"image_shape": list(image_shape), "class_names": list(class_names), "seed": self.seed,
-                "hparams": dataclasses.asdict(self.hparams)}
+        """The settings the Trainer's run_fn receives as custom_config: hyperparameters with the choices that
+        depend on the data made (network, its epoch budget, augmentation)."""
+        from models import networks
+
+        hp = dataclasses.asdict(self.hparams)
+        hp["network"] = hp["network"] or networks.default_network(image_shape)
+        budget = networks.BUDGETS[hp["network"]]
+        hp["epochs"], hp["patience"] = hp["epochs"] or budget.epochs, hp["patience"] or budget.patience
+        hp["augment"] = image_shape[2] == 3 if hp["augment"] is None else hp["augment"]
+        return {"image_shape": list(image_shape), "class_names": list(class_names), "seed": self.seed, "hparams": hp}
 
     def tuner_config(self, image_shape, class_names, pipeline_root: str) -> dict:
         """The settings models.tuning.tuner_fn receives as custom_config."""

@@ -138,10 +138,19 @@ def provenance(training: dict) -> str:
     for epoch in training["epochs"]:
         phases[epoch["phase"]] = phases.get(epoch["phase"], 0) + 1
     hp = training["hparams"]
+    network = training.get("network", "small_cnn")
+    if network == "small_cnn":
+        shape = f"conv {hp['conv_filters']}, dense {hp['dense_units']}, "
+    elif network == "convnet":
+        shape = f"blocks {hp['convnet_filters']}, "
+    else:
+        shape = ""
+    weights = f" (weights {hp['backbone_weights']})" if hp.get("backbone_weights") and network != "base model" else ""
     return (f"{training['start']}" + (f"; new head ({training['head_replaced']})" if training["head_replaced"] else "")
+            + f"; network {network}{weights}; augmentation {'on' if training.get('augment') else 'off'}"
             + "; " + ", ".join(f"{name}: {n} epochs" for name, n in phases.items())
-            + f"; hyperparameters {'tuned' if training['tuned'] else 'defaults'}: conv {hp['conv_filters']}, "
-              f"dense {hp['dense_units']}, dropout {hp['dropout']:.2f}, learning rate {hp['learning_rate']:g}")
+            + f"; hyperparameters {'tuned' if training['tuned'] else 'defaults'}: {shape}"
+              f"dropout {hp['dropout']:.2f}, learning rate {hp['learning_rate']:g}")
 
 
 def provenance_section(result: RunResult) -> str:

@@ -17,7 +17,7 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils, path_utils
 
 from components.compressor.report import CompressionReport, StageMetrics
-from models import cnn, compression, data, devices, preprocessing, signatures
+from models import compression, data, devices, networks, preprocessing, signatures
 from models.trainer import VERBOSE
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class Executor(base_executor.BaseExecutor):
         evaluation = data.dataset(fn_args, fn_args.eval_files, tft_output, batch_size, seed, train=False)
 
         def compile_fn(model):
-            return cnn.compile_model(model, p["learning_rate"])
+            return networks.compile_model(model, p["learning_rate"])
 
         def tensorboard(stage):
             return [keras.callbacks.TensorBoard(os.path.join(run_dir, stage), histogram_freq=1)]
@@ -95,8 +95,11 @@ class Executor(base_executor.BaseExecutor):
                 model = keras.models.clone_model(baseline)
                 model.set_weights(baseline.get_weights())
                 schedule = compression.pruning_schedule(p["prune_epochs"] * steps_per_epoch, p["target_sparsity"])
-                stages["pruned"] = compression.prune(model, schedule, p["prune_epochs"], steps_per_epoch, train,
-                                                     tensorboard("pruned"), compile_fn, VERBOSE)
+                stages["pruned"], not_pruned = compression.prune(model, schedule, p["prune_epochs"], steps_per_epoch,
+                                                                 train, tensorboard("pruned"), compile_fn, VERBOSE)
+            if not_pruned:
+                log.warning("TFMOT cannot prune %d layers with weights; kept them dense: %s", len(not_pruned),
+                            ", ".join(not_pruned))
         if qat:  # TFMOT's QAT does not support tf.distribute: one device
             if plan.kind == "mirrored":
                 log.warning("QAT cannot run under MirroredStrategy (TFMOT); running it on %s", plan.single_device)
@@ -104,8 +107,11 @@ class Executor(base_executor.BaseExecutor):
                 source = stages.get("pruned", baseline)
                 model = keras.models.clone_model(source)
                 model.set_weights(source.get_weights())
-                model = compression.quantize_aware(model, prune, p["qat_epochs"], steps_per_epoch, train,
-                                                   tensorboard("pqat"), compile_fn, VERBOSE)
+                model, kept_float = compression.quantize_aware(model, prune, p["qat_epochs"], steps_per_epoch, train,
+                                                               tensorboard("pqat"), compile_fn, VERBOSE)
+                if kept_float:
+                    log.warning("TFMOT cannot quantize %d layers; kept them float: %s", len(kept_float),
+                                ", ".join(kept_float))
                 stages["pqat"] = compression.for_serving(model, keras.models.clone_model(baseline))
 
         # Export: the final stage for serving, intermediate ones for measurement (the Trainer exported the baseline).
@@ -153,6 +159,7 @@ class Executor(base_executor.BaseExecutor):
             settings={"device": plan.describe(), "seed": seed, "train_examples": train_examples,
                       "steps_per_epoch": steps_per_epoch,
                       "prune": prune, "prune_epochs": p["prune_epochs"], "qat": qat, "qat_epochs": p["qat_epochs"],
-                      "pruning_schedule": schedule.get_config() if prune else None})
+                      "pruning_schedule": schedule.get_config() if prune else None,
+                      "not_pruned": not_pruned if prune else [], "kept_float": kept_float if qat else []})
         report.save(report_uri)
         log.info("Compression:\n%s", "\n".join("  " + "  ".join(row) for row in report.rows()))
