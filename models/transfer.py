@@ -100,7 +100,11 @@ class _Inlined:
 
 
 def _input_check(base: keras.Model, image_shape) -> None:
-    expected = tuple(base.input_shape[1:]) if not isinstance(base.input_shape, list) else None
+    if len(base.inputs) != 1 or len(base.outputs) != 1:
+        raise IncompatibleBaseModel(f"base model '{base.name}' has {len(base.inputs)} inputs and "
+                                    f"{len(base.outputs)} outputs; the pipeline feeds one image and needs one "
+                                    "class-probability output.")
+    expected = tuple(base.input_shape[1:])
     flat = (int(np.prod(image_shape)),)
     fits = expected is not None and (expected == flat or (len(expected) == 3 and all(
         e is None or e == d for e, d in zip(expected, image_shape))))

@@ -65,10 +65,12 @@ def test_bad_usage_exits_2_with_a_message(args, message):
 
 
 def test_help_shows_the_settings_defaults():
+    from models.networks import BUDGETS
     from pipeline.config import Compression, HParams, Thresholds
 
     text = " ".join(cli("run", "--help", timeout=60).stdout.split())
-    assert f"(default {HParams.epochs})" in text and f"(default {Compression.target_sparsity})" in text
+    assert f"(default {HParams.batch_size})" in text and f"(default {Compression.target_sparsity})" in text
+    assert f"default by network: small_cnn {BUDGETS['small_cnn'].epochs}, convnet {BUDGETS['convnet'].epochs}" in text
     assert f"(default {Thresholds.min_class_accuracy})" in text and "--min-slice-examples" in text
 
 

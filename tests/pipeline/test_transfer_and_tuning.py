@@ -39,13 +39,13 @@ def base_model_on_0_to_4(tmp_path_factory):
     """A user's model: the pipeline's CNN trained (plain Keras) on classes 0-4 of the digits."""
     import tf_keras as keras
 
-    from models import cnn
+    from models import networks
 
     images, labels = digits_of(range(5))
     hp = {"conv_filters": [32, 64], "dense_units": 256, "dropout": 0.3}
     keras.utils.set_random_seed(0)
-    model = cnn.compile_model(cnn.build_model((8, 8, 1), 5, hp), 1e-3)
-    model.fit(images.reshape(len(labels), -1) / 255.0, labels, epochs=15, batch_size=32, verbose=0)
+    model = networks.compile_model(networks.small_cnn((8, 8, 1), 5, hp), 1e-3)
+    model.fit(images / 255.0, labels, epochs=15, batch_size=32, verbose=0)
     path = str(tmp_path_factory.mktemp("base") / "digits_0_4.keras")
     model.save(path)
     return path
@@ -98,7 +98,7 @@ def test_base_model_that_cannot_read_the_data_is_exit_2_with_what_it_expects(bas
                           cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "expects inputs of shape (64,)" in proc.stderr and "28x28x1" in proc.stderr
+    assert "expects inputs of shape (8, 8, 1)" in proc.stderr and "28x28x1" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "serving").exists()
 
