@@ -1,0 +1,63 @@
+"""The pipeline on a user's folder of colour JPEG photos of mixed sizes (generated, 32-48 px), through the CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from benchmarks.photos import write_photo_folder
+from pipeline import runners
+
+pytestmark = pytest.mark.e2e
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+@pytest.fixture(scope="module")
+def photo_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("photos")
+    folder = write_photo_folder(str(work / "my_photos"), 200, classes=5, sizes=(32, 48), seed=3)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "--data", folder, "--image-shape", "32,32,3", "--output",
+         str(work / "out"), "--epochs", "3", "--prune-epochs", "1", "--qat-epochs", "1", "--min-accuracy", "0",
+         "--min-class-accuracy", "0", "--max-accuracy-drop", "1", "--max-regression", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return folder, work / "out", proc.stdout
+
+
+def test_a_colour_folder_gets_the_bn_pooling_net_with_augmentation_and_its_own_name(photo_run):
+    folder, out, stdout = photo_run
+    assert "network convnet; augmentation on" in stdout
+    assert os.listdir(out / "serving" / "my_photos")  # the model is named after the data folder
+    result = runners.latest_run(str(out / "metadata.sqlite"), "my_photos")
+    assert result.pushed and result.training["network"] == "convnet" and result.training["augment"] is True
+
+
+def test_photos_stay_encoded_in_examplegen_and_transform(photo_run):
+    folder, out, _ = photo_run
+    root = out / "pipeline_root"
+    written = _bytes(str(root / "FileBasedExampleGen")) + _bytes(str(root / "Transform"))
+    assert written <= 2 * _bytes(folder), (written, _bytes(folder))
+
+
+def test_no_randomness_in_any_served_signature(photo_run):
+    folder, out, _ = photo_run
+    result = runners.latest_run(str(out / "metadata.sqlite"), "my_photos")
+    model = tf.saved_model.load(result.pushed_dir)
+    files = sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names)[:6]
+    images = tf.constant([open(f, "rb").read() for f in files])
+    first, second = (model.signatures["predict_images"](images=images)["probabilities"].numpy() for _ in range(2))
+    np.testing.assert_array_equal(first, second)
+    graph = open(os.path.join(result.pushed_dir, "saved_model.pb"), "rb").read()
+    for op in (b"StatelessRandom", b"RandomUniform", b"ImageProjectiveTransform", b"RandomStandardNormal"):
+        assert op not in graph, op
+    # what the Trainer recorded about its choices reaches TensorBoard and the report
+    with open(os.path.join(result.uri("Trainer", "model_run"), "training.json")) as f:
+        assert json.load(f)["hparams"]["augment"] is True
