@@ -23,6 +23,23 @@ from models import data, devices, networks, signatures, transfer
 log = logging.getLogger(__name__)
 VERBOSE = 1 if sys.stdout.isatty() else 2  # a progress bar on a terminal, one line per epoch in logs
 SUMMARY = "training.json"  # in the model-run directory: what the fit did
+TRAINING_IMAGES = "training_images.png"  # in the model-run directory: a batch as the network sees it
+GRID = 16  # images in that grid
+
+
+def write_training_images(train, run_dir: str) -> None:
+    """A grid of training images as the network sees them (decoded, augmented) to TensorBoard and a PNG."""
+    images = next(iter(train))[0]["image"][:GRID]
+    with tf.summary.create_file_writer(os.path.join(run_dir, "baseline", "images")).as_default():
+        tf.summary.image("training images, as the network sees them", images, max_outputs=GRID, step=0)
+    columns = 8
+    count, height, width, channels = images.shape
+    rows = -(-count // columns)
+    padded = tf.concat([images, tf.zeros([rows * columns - count, height, width, channels])], 0)
+    grid = tf.reshape(tf.transpose(tf.reshape(padded, [rows, columns, height, width, channels]), [0, 2, 1, 3, 4]),
+                      [rows * height, columns * width, channels])
+    with tf.io.gfile.GFile(os.path.join(run_dir, TRAINING_IMAGES), "wb") as f:
+        f.write(tf.io.encode_png(tf.cast(tf.round(grid * 255.0), tf.uint8)).numpy())
 
 
 class TrainTime(keras.callbacks.Callback):
@@ -69,6 +86,7 @@ def run_fn(fn_args) -> None:
     evaluation = data.dataset(fn_args, fn_args.eval_files, tft_output, hp["batch_size"], seed, train=False)
     if fn_args.eval_steps:
         evaluation = evaluation.take(fn_args.eval_steps)
+    write_training_images(train, fn_args.model_run_dir)
 
     keras.mixed_precision.set_global_policy("mixed_float16" if plan.mixed_precision else "float32")
     with devices.make_strategy(plan).scope():

@@ -26,7 +26,7 @@ TUNER, TRAINER, COMPRESSOR, EVALUATOR, GATE, CANARY, PUSHER = (
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
     """Accuracy overall (a floor, and a bound on regression vs. the served model) and per class name (its
-    own floor; the QualityGate applies it only to classes with enough eval examples)."""
+    own floor; the QualityGate applies it only to classes with enough eval examples); the confusion matrix."""
     t = config.thresholds
     overall, per_class = tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[gates.CLASS_SLICE])
     accuracy = tfma.MetricConfig(class_name="SparseCategoricalAccuracy", per_slice_thresholds=[
@@ -40,7 +40,8 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
         model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key="label",
                                     prediction_key="probabilities")],
         slicing_specs=[overall, per_class],
-        metrics_specs=[tfma.MetricsSpec(metrics=[accuracy, tfma.MetricConfig(class_name="ExampleCount")])])
+        metrics_specs=[tfma.MetricsSpec(metrics=[accuracy, tfma.MetricConfig(class_name="ExampleCount"),
+                                                 tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot")])])
 
 
 @dataclasses.dataclass(frozen=True)

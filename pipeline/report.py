@@ -219,6 +219,107 @@ def evaluation_section(result: RunResult) -> str:
     return verdict + listed + table(rows, "overall") + "<h3>Per class</h3>" + table(classes, "per-class")
 
 
+WORST = 12  # eval images shown that the model gets most wrong
+WORST_SCANNED = 2000  # eval examples scored to find them
+
+
+def _confusion(uri: str):
+    """(class ids, {(actual, predicted): count}) of TFMA's MultiClassConfusionMatrixPlot on the whole eval split."""
+    import tensorflow_model_analysis as tfma
+
+    def find(node):
+        if isinstance(node, dict):
+            if "multiClassConfusionMatrixAtThresholds" in node:
+                return node["multiClassConfusionMatrixAtThresholds"]
+            return next((m for m in map(find, node.values()) if m is not None), None)
+        return None
+
+    for slice_key, plots in tfma.load_eval_result(uri).plots:
+        matrix = find(plots) if slice_key == () else None
+        if matrix:
+            entries = matrix["matrices"][0].get("entries", [])
+            counts = {(int(e.get("actualClassId", 0)), int(e.get("predictedClassId", 0))):
+                      float(e.get("numWeightedExamples", 0)) for e in entries}
+            return sorted({a for a, _ in counts} | {p for _, p in counts}), counts
+    return [], {}
+
+
+def images_section(result: RunResult) -> str:
+    """Training images as the network sees them, the confusion matrix by class name (TFMA's
+    MultiClassConfusionMatrixPlot) and the eval images the model gets most wrong."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import tensorflow as tf
+
+    from models.trainer import TRAINING_IMAGES
+
+    parts = []
+    run = result.uri(dag.TRAINER, "model_run")
+    if run and os.path.exists(os.path.join(run, TRAINING_IMAGES)):
+        with open(os.path.join(run, TRAINING_IMAGES), "rb") as f:
+            parts.append("<h3>Training images, as the network sees them (decoded, resized"
+                         + (", augmented" if (result.training or {}).get("augment") else "") + ")</h3>"
+                         + f'<img id="training-images" alt="training images" style="image-rendering:pixelated;'
+                         f'min-width:480px" src="data:image/png;base64,{base64.b64encode(f.read()).decode()}">')
+    model_uri, examples_uri = result.uri(dag.COMPRESSOR, "compressed_model"), result.uri("FileBasedExampleGen",
+                                                                                         "examples")
+    if not model_uri or not examples_uri:
+        return "".join(parts) or "<p>No model to show.</p>"
+    serving = os.path.join(model_uri, "Format-Serving")
+    from models.signatures import class_names_of
+
+    names = class_names_of(serving)
+    evaluation = result.uri(dag.EVALUATOR, "evaluation")
+    if evaluation:
+        ids, counts = _confusion(evaluation)
+        if ids:
+            matrix = np.zeros((len(names), len(names)))
+            for (actual, predicted), count in counts.items():
+                if actual < len(names) and predicted < len(names):
+                    matrix[actual, predicted] = count
+            fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(names), 0.8 + 0.6 * len(names)))
+            ax.imshow(matrix, cmap="Blues")
+            for (i, j), value in np.ndenumerate(matrix):
+                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8,
+                        color="white" if value > matrix.max() / 2 else "black")
+            ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+            ax.set_yticks(range(len(names)), names)
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("true")
+            ax.set_title("confusion matrix (eval split, TFMA)")
+            fig.tight_layout()
+            parts.append(f'<h3>Confusion matrix</h3><img id="confusion-matrix" alt="confusion matrix" src="{_png(fig)}">')
+    files = sorted(tf.io.gfile.glob(os.path.join(examples_uri, "Split-eval", "*")))
+    records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(WORST_SCANNED)]
+    if records:
+        signature = tf.saved_model.load(serving).signatures["serving_default"]
+        probabilities = np.concatenate([signature(examples=tf.constant(records[i:i + 256]))["probabilities"].numpy()
+                                        for i in range(0, len(records), 256)])
+        labels = np.array([tf.train.Example.FromString(r).features.feature["label"].int64_list.value[0]
+                           for r in records])
+        true_p = probabilities[np.arange(len(labels)), labels]
+        worst = [i for i in np.argsort(true_p) if probabilities[i].argmax() != labels[i]][:WORST]
+        if worst:
+            fig, axes = plt.subplots(1, len(worst), figsize=(1.6 * len(worst), 2.1), squeeze=False)
+            for ax, i in zip(axes[0], worst):
+                image = tf.io.decode_image(tf.train.Example.FromString(records[i]).features.feature[
+                    "image"].bytes_list.value[0], expand_animations=False).numpy()
+                ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
+                ax.set_title(f"{names[labels[i]]}\n→ {names[probabilities[i].argmax()]} "
+                             f"{probabilities[i].max():.2f}", fontsize=7)
+                ax.axis("off")
+            fig.tight_layout()
+            parts.append(f"<h3>The {len(worst)} eval images the model gets most wrong (true → predicted, "
+                         f'probability; of {len(records)} scored)</h3><img id="worst-images" alt="worst eval images" '
+                         f'src="{_png(fig)}">')
+        else:
+            parts.append(f"<p>The model classifies all {len(records)} scored eval images correctly.</p>")
+    return "".join(parts)
+
+
 def push_section(result: RunResult) -> str:
     if result.pushed:
         return f'<p class="ok">Pushed: <code>{html.escape(result.pushed_dir)}</code></p>'
@@ -238,7 +339,8 @@ def build(output_dir: str, pipeline_name: str) -> str:
     sections = [("Components", components), ("Data", data_section(result, paths.report_dir)), ("Anomalies", anomalies_section(result)),
                 ("Provenance", provenance_section(result)), ("Training", curves_section(result)),
                 ("Compression", compression_section(result)),
-                ("Evaluation", evaluation_section(result)), ("Push", push_section(result))]
+                ("Evaluation", evaluation_section(result)), ("Images", images_section(result)),
+                ("Push", push_section(result))]
     body = "".join(f'<section id="{t.lower()}"><h2>{t}</h2>{content}</section>' for t, content in sections)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(pipeline_name)} run report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:.5em 0}}

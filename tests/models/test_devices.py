@@ -25,13 +25,14 @@ def test_several_gpus_are_mirrored():
 def test_mirrored_path_builds_and_trains_a_model_on_cpu():
     import numpy as np
 
-    from models import cnn
+    from models import networks
 
     strategy = make_strategy(DevicePlan("mirrored", ("/cpu:0",), False))
     assert isinstance(strategy, tf.distribute.MirroredStrategy)
-    hp = {"conv_filters": [4], "dense_units": 8, "dropout": 0.0, "learning_rate": 1e-2}
-    with strategy.scope():
-        model = cnn.compile_model(cnn.build_model((8, 8, 1), 3, hp), hp["learning_rate"])
-    history = model.fit(np.random.rand(32, 64).astype("float32"), np.arange(32) % 3, epochs=1, verbose=0)
+    hp = {"conv_filters": [4], "dense_units": 8, "convnet_filters": [4, 8], "dropout": 0.0, "learning_rate": 1e-2}
+    for name in ("small_cnn", "convnet"):  # BatchNorm under MirroredStrategy too
+        with strategy.scope():
+            model = networks.compile_model(networks.build(name, (8, 8, 1), 3, hp), hp["learning_rate"])
+        history = model.fit(np.random.rand(32, 8, 8, 1).astype("float32"), np.arange(32) % 3, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     assert visible_gpus() == []

@@ -61,3 +61,19 @@ def test_no_randomness_in_any_served_signature(photo_run):
     # what the Trainer recorded about its choices reaches TensorBoard and the report
     with open(os.path.join(result.uri("Trainer", "model_run"), "training.json")) as f:
         assert json.load(f)["hparams"]["augment"] is True
+
+
+def test_report_shows_training_images_the_confusion_matrix_and_the_worst_eval_images(photo_run):
+    from pipeline import report
+
+    folder, out, _ = photo_run
+    page = open(report.build(str(out), "my_photos")).read()
+    for element in ("training-images", "confusion-matrix", "worst-images"):
+        assert f'id="{element}"' in page, element
+    result = runners.latest_run(str(out / "metadata.sqlite"), "my_photos")
+    classes, counts = report._confusion(result.uri("Evaluator", "evaluation"))
+    eval_examples = sum(1 for f in tf.io.gfile.glob(os.path.join(result.uri("FileBasedExampleGen", "examples"),
+                                                                 "Split-eval", "*"))
+                        for _ in tf.data.TFRecordDataset(f, compression_type="GZIP"))
+    assert set(classes) <= set(range(5)) and sum(counts.values()) == eval_examples
+    assert "network convnet" in page and "augmentation on" in page

@@ -1,0 +1,171 @@
+"""Colour photo folders at real sizes: the pipeline against keras-io's image-folder recipe, in the same run.
+
+    .venv/bin/python benchmarks/image_bench.py [--counts 2000,10000] [--sizes 64,160] [--epochs N] [--work DIR]
+
+For each count, a generated JPEG folder (benchmarks/photos.py: 5 classes, 100-260 px, textured
+backgrounds; no network). For each size, `python -m pipeline run --image-shape S,S,3 --no-cache`, with the
+RSS of its whole process tree sampled every 0.2 s and attributed to the component running at the time;
+then, in a fresh process, the recipe a user would write instead: `image_dataset_from_directory` (80/20
+split), Rescaling, the same augmentation and the same network (models/networks.py) for as many epochs as
+the pipeline's Trainer ran. Prints one JSON object per workload: wall time and peak RSS per component,
+ExampleGen + Transform bytes against the folder's, Trainer images/s, served (compressed) accuracy, the
+recipe's figures and the ratios the targets are stated in.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+
+import psutil  # noqa: E402
+
+from benchmarks.photos import write_photo_folder  # noqa: E402
+
+RECIPE = r'''
+import json, os, resource, sys, time
+start = time.perf_counter()
+import tensorflow as tf, tf_keras as keras
+import models
+from models import augment, networks
+folder, size, epochs, network = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+hp = json.loads(sys.argv[5])
+keras.utils.set_random_seed(0)
+train, val = keras.utils.image_dataset_from_directory(folder, validation_split=0.2, subset="both", seed=1,
+                                                      image_size=(size, size), batch_size=hp["batch_size"])
+classes = len(train.class_names)
+augmentation = augment.layers(0)
+train = train.map(lambda x, y: (augmentation(x / 255.0, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+train, val = train.prefetch(tf.data.AUTOTUNE), val.map(lambda x, y: (x / 255.0, y)).prefetch(tf.data.AUTOTUNE)
+model = networks.compile_model(networks.build(network, (size, size, 3), classes, hp), hp["learning_rate"])
+fit_start = time.perf_counter()
+history = model.fit(train, validation_data=val, epochs=epochs, verbose=2)
+fit_seconds = time.perf_counter() - fit_start
+n = sum(int(y.shape[0]) for _, y in train)
+print(json.dumps({"wall_seconds": time.perf_counter() - start, "best_val_accuracy": max(history.history["val_accuracy"]),
+                  "fit_images_per_second": epochs * n / fit_seconds, "epochs": epochs,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+'''
+PROGRESS = re.compile(r"^\d\d:\d\d:\d\d (\w+): (running|done in)")
+
+
+def tree_rss_mb(process: psutil.Process) -> float:
+    total = 0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
+
+
+def run_pipeline(args: list) -> dict:
+    """Runs the CLI; returns wall seconds, the log, and the peak tree RSS per component (and overall)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
+    watched, current, peaks, lines = psutil.Process(proc.pid), ["(start-up)"], {}, []
+
+    def sample():
+        while proc.poll() is None:
+            rss = tree_rss_mb(watched)
+            peaks[current[0]] = max(peaks.get(current[0], 0.0), rss)
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    for line in proc.stdout:
+        lines.append(line)
+        match = PROGRESS.match(line)
+        if match:
+            current[0] = match.group(1) if match.group(2) == "running" else "(between components)"
+    proc.wait()
+    sampler.join()
+    return {"exit_code": proc.returncode, "wall_seconds": time.perf_counter() - start, "log": "".join(lines),
+            "peak_rss_mb": {k: round(v, 1) for k, v in peaks.items()}}
+
+
+def folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def measure(folder: str, size: int, work: str, epochs) -> dict:
+    from pipeline import runners
+
+    name = os.path.basename(folder)
+    output = os.path.join(work, f"{name}_{size}")
+    flags = ["--data", folder, "--image-shape", f"{size},{size},3", "--output", output, "--no-cache"]
+    run = run_pipeline(flags + (["--epochs", str(epochs)] if epochs else []))
+    result = runners.latest_run(os.path.join(output, "metadata.sqlite"), name)
+    training = result.training
+    report = result.compression_report
+    served = report.stages[report.final_model_stage]
+    hp = training["hparams"]
+    recipe = subprocess.run([sys.executable, "-c", RECIPE, folder, str(size), str(training["epochs_run"]),
+                             training["network"], json.dumps(hp)], cwd=ROOT, capture_output=True, text=True,
+                            env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
+    if recipe.returncode != 0:
+        raise RuntimeError(recipe.stderr[-3000:])
+    recipe = json.loads(recipe.stdout.strip().splitlines()[-1])
+    root = os.path.join(output, "pipeline_root")
+    source, written = folder_bytes(folder), folder_bytes(os.path.join(root, "FileBasedExampleGen")) + folder_bytes(
+        os.path.join(root, "Transform"))
+    return {
+        "workload": f"{name} at {size}px", "images": sum(len(f) for _, _, f in os.walk(folder)),
+        "exit_code": run["exit_code"], "pushed": result.pushed,
+        "pipeline_wall_seconds": round(run["wall_seconds"], 1),
+        "components_seconds": {c.name: round(c.seconds, 1) for c in result.components},
+        "peak_rss_mb": run["peak_rss_mb"],
+        "source_bytes": source, "examplegen_transform_bytes": written,
+        "network": training["network"], "augment": training["augment"], "epochs_run": training["epochs_run"],
+        "trainer_images_per_second": round(training["examples_per_second"], 1),
+        "eval_accuracy": {s: round(m.accuracy, 4) for s, m in report.stages.items()},
+        "gzip_bytes": {s: m.gzip_bytes for s, m in report.stages.items()},
+        "recipe": {k: round(v, 4) for k, v in recipe.items()},
+        "ratios": {
+            "artifacts_over_source_bytes": round(written / source, 3),
+            "served_accuracy_minus_recipe_best_points": round(100 * (served.accuracy - recipe["best_val_accuracy"]), 2),
+            "pipeline_over_recipe_wall": round(run["wall_seconds"] / recipe["wall_seconds"], 2),
+            "trainer_over_recipe_fit_throughput": round(training["examples_per_second"] /
+                                                        recipe["fit_images_per_second"], 3),
+            "baseline_over_served_gzip": round(report.stages["baseline"].gzip_bytes / served.gzip_bytes, 2),
+        },
+        "refusal": result.refusal if not result.pushed else "",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--counts", default="2000,10000")
+    parser.add_argument("--sizes", default="64,160")
+    parser.add_argument("--epochs", type=int, help="epoch ceiling for the pipeline (default: the network's budget)")
+    parser.add_argument("--work", default=None, help="folder for data and runs (default: a new temporary one)")
+    args = parser.parse_args()
+    work = args.work or tempfile.mkdtemp(prefix="image_bench_")
+    results = []
+    for count in (int(c) for c in args.counts.split(",")):
+        folder = write_photo_folder(os.path.join(work, f"photos{count}"), count, classes=5, sizes=(100, 260), seed=count)
+        for size in (int(s) for s in args.sizes.split(",")):
+            results.append(measure(folder, size, work, args.epochs))
+            print(json.dumps(results[-1], indent=1), flush=True)
+    by_size = {}
+    for r in results:
+        by_size.setdefault(r["workload"].split(" at ")[1], []).append(r)
+    for size, runs in by_size.items():
+        if len(runs) == 2:
+            small, large = sorted(runs, key=lambda r: r["images"])
+            print(json.dumps({"size": size, "peak_rss_large_over_small": {
+                k: round(large["peak_rss_mb"][k] / small["peak_rss_mb"][k], 3)
+                for k in large["peak_rss_mb"] if k in small["peak_rss_mb"] and small["peak_rss_mb"][k]}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
