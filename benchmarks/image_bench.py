@@ -10,6 +10,11 @@ split), Rescaling, the same augmentation and the same network (models/networks.p
 the pipeline's Trainer ran. Prints one JSON object per workload: wall time and peak RSS per component,
 ExampleGen + Transform bytes against the folder's, Trainer images/s, served (compressed) accuracy, the
 recipe's figures and the ratios the targets are stated in.
+
+--transfer: pretrain once, fine-tune many times. The model pushed by the first workload is the
+--base-model of runs on another generated set with 3 other classes (ring, bar, diamond) at 10, 30 and
+100 images per class, against the same network from scratch; both are scored on 100 held-out images per
+class (compression off: this measures the start, not the compression).
 """
 import argparse
 import json
@@ -138,8 +143,48 @@ def measure(folder: str, size: int, work: str, epochs) -> dict:
                                                         recipe["fit_images_per_second"], 3),
             "baseline_over_served_gzip": round(report.stages["baseline"].gzip_bytes / served.gzip_bytes, 2),
         },
-        "refusal": result.refusal if not result.pushed else "",
+        "refusal": result.refusal if not result.pushed else "", "pushed_dir": result.pushed_dir,
+        "trainer_model": result.uri("Trainer", "model"),
     }
+
+
+def transfer(base_pushed_dir: str, size: int, work: str) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    from pipeline import runners
+
+    pool = write_photo_folder(os.path.join(work, "other_pool"), 8 * 200, classes=8, sizes=(100, 260), seed=77)
+    classes = ("ring", "bar", "diamond")
+    files = {c: sorted(os.listdir(os.path.join(pool, c))) for c in classes}
+    held_out = [(os.path.join(pool, c, f), i) for i, c in enumerate(classes) for f in files[c][100:200]]
+    figures = {}
+    for per_class in (10, 30, 100):
+        data = os.path.join(work, f"other_{per_class}")
+        for c in classes:
+            os.makedirs(os.path.join(data, c), exist_ok=True)
+            for f in files[c][:per_class]:
+                target = os.path.join(data, c, f)
+                if not os.path.exists(target):
+                    os.link(os.path.join(pool, c, f), target)
+        row = {}
+        for name, flags in (("fine_tuned", ["--base-model", base_pushed_dir]), ("from_scratch", [])):
+            output = os.path.join(work, f"other_{per_class}_{name}")
+            run = run_pipeline(["--data", data, "--image-shape", f"{size},{size},3", "--output", output, "--no-cache",
+                                "--no-prune", "--no-qat", "--min-accuracy", "0", "--min-class-accuracy", "0",
+                                "--max-regression", "1", *flags])
+            result = runners.latest_run(os.path.join(output, "metadata.sqlite"), os.path.basename(data))
+            served = tf.saved_model.load(os.path.join(result.uri("Trainer", "model"), "Format-Serving"))
+            predicted = np.concatenate([served.signatures["predict_images"](images=tf.constant(
+                [open(p, "rb").read() for p, _ in held_out[i:i + 64]]))["classes"].numpy()
+                for i in range(0, len(held_out), 64)])
+            row[name] = {"held_out_accuracy": round(float(np.mean(predicted == [label for _, label in held_out])), 4),
+                         "wall_seconds": round(run["wall_seconds"], 1), "epochs_run": result.training["epochs_run"]}
+        row["fine_tuned_minus_scratch_points"] = round(
+            100 * (row["fine_tuned"]["held_out_accuracy"] - row["from_scratch"]["held_out_accuracy"]), 1)
+        figures[f"{per_class}_per_class"] = row
+        print(json.dumps({"transfer": {f"{per_class}_per_class": row}}), flush=True)
+    return figures
 
 
 def main() -> None:
@@ -148,6 +193,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="64,160")
     parser.add_argument("--epochs", type=int, help="epoch ceiling for the pipeline (default: the network's budget)")
     parser.add_argument("--work", default=None, help="folder for data and runs (default: a new temporary one)")
+    parser.add_argument("--transfer", action="store_true", help="also pretrain once, fine-tune on other classes")
     args = parser.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="image_bench_")
     results = []
@@ -156,6 +202,10 @@ def main() -> None:
         for size in (int(s) for s in args.sizes.split(",")):
             results.append(measure(folder, size, work, args.epochs))
             print(json.dumps(results[-1], indent=1), flush=True)
+    if args.transfer:
+        first = results[0]
+        print(json.dumps({"transfer": transfer(first["pushed_dir"] or first["trainer_model"], int(first["workload"].split(" at ")[1][:-2]),
+                                               work)}, indent=1))
     by_size = {}
     for r in results:
         by_size.setdefault(r["workload"].split(" at ")[1], []).append(r)

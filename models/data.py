@@ -73,3 +73,7 @@ def steps(num_examples: int, batch_size: int) -> int:
 def keras_model_path(model_uri: str) -> str:
     """The float Keras model beside the serving SavedModel in a Model artifact (uri/Format-Serving)."""
     return os.path.join(model_uri, "Format-Keras", "model.keras")
+
+
+PUSHED_FLOAT_MODEL = os.path.join("assets.extra", "float_model.keras")  # in a serving SavedModel: what it was
+# compressed from, so that a pushed version is a --base-model for the next data set (TF Serving ignores it)

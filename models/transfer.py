@@ -23,11 +23,15 @@ FEATURE_ENDS = (keras.layers.Flatten, keras.layers.GlobalAveragePooling2D, keras
 
 
 def keras_file(uri: str) -> str:
-    """The Keras model at `uri`: a Model artifact's float model (Format-Keras/), or the user's file itself.
+    """The Keras model at `uri`: a Model artifact's float model (Format-Keras/), the float model inside a
+    pushed version (serving/<model>/<version>/assets.extra/), or the user's file itself.
 
     (The Trainer's fn_args.base_model is `uri`/Format-Serving.)"""
-    own = data.keras_model_path(uri)
-    return own if os.path.exists(own) else uri
+    for own in (data.keras_model_path(uri), os.path.join(uri, data.PUSHED_FLOAT_MODEL),
+                os.path.join(os.path.dirname(uri), data.PUSHED_FLOAT_MODEL)):
+        if os.path.exists(own):
+            return own
+    return uri
 
 
 def load(path: str) -> keras.Model:
@@ -139,9 +143,11 @@ def adapt(base: keras.Model, image_shape, num_classes: int) -> Tuple[keras.Model
                                     f"'{base.layers[-1].name}'): the pipeline replaces or reuses a Dense head.")
     if head.units == num_classes and tuple(outputs.shape[1:]) == (num_classes,):
         last = replay.called[-1]
-        if getattr(last, "activation", None) is not keras.activations.softmax:
-            outputs = keras.layers.Activation("softmax", dtype="float32")(outputs)
-        model = keras.Model(inputs, keras.layers.Activation("linear", name="probabilities")(outputs))
+        if last.name != "probabilities":  # not already this pipeline's contract
+            if getattr(last, "activation", None) is not keras.activations.softmax:
+                outputs = keras.layers.Activation("softmax", dtype="float32")(outputs)
+            outputs = keras.layers.Activation("linear", name="probabilities")(outputs)
+        model = keras.Model(inputs, outputs)
         return model, list(dict.fromkeys(replay.called)), None
     features = replay.feature_end if replay.feature_end is not None else replay.dense_input
     body = keras.Model(inputs, features)

@@ -292,9 +292,9 @@ def _print_summary(result, config) -> None:
         print("next:")
         print(f"  serve:       .venv/bin/python -m serving --model_name={config.model_name} "
               f"--model_base_path={serving} --port=8500 --rest_api_port=8501")
-        print(f"  query REST:  .venv/bin/python -m serving.client predict --image IMAGE.png --server localhost:8501 "
+        print(f"  query REST:  .venv/bin/python -m serving.client predict IMAGES_OR_FOLDER --server localhost:8501 "
               f"--model {config.model_name}")
-        print(f"  query gRPC:  .venv/bin/python -m serving.client predict --image IMAGE.png --grpc localhost:8500 "
+        print(f"  query gRPC:  .venv/bin/python -m serving.client predict IMAGES_OR_FOLDER --grpc localhost:8500 "
               f"--model {config.model_name}")
         print(f"  tensorboard: .venv/bin/python -m pipeline tensorboard --output {output_dir}")
     else:

@@ -60,7 +60,7 @@ def choose_base_model(config: PipelineConfig, data: formats.DataFacts) -> Option
     if config.base_model:
         path = config.base_model if "://" in config.base_model else os.path.abspath(config.base_model)
         try:
-            transfer.check(transfer.load(path), data.image_shape)
+            transfer.check(transfer.load(transfer.keras_file(path)), data.image_shape)
         except transfer.IncompatibleBaseModel as e:
             raise formats.DataError(str(e)) from e
         return dag.BaseModel(path, f"transfer learning from the base model {path}")
@@ -91,7 +91,7 @@ def _read_store(metadata_path: str):
 
 def pushed_models(metadata_path: str) -> List[dict]:
     """Every pushed version, newest first: version, the float Trainer model behind it and its span
-    (read from ML Metadata lineage: Pusher ← Compressor ← Trainer ← Transform ← ExampleGen)."""
+    (read from ML Metadata lineage: Pusher ← Compressor ← Trainer ← ExampleGen)."""
     from ml_metadata.proto import metadata_store_pb2
 
     store = _read_store(metadata_path)
@@ -112,8 +112,7 @@ def pushed_models(metadata_path: str) -> List[dict]:
             continue
         compressed = producer_input(pushed.id, "model")
         float_model = compressed and producer_input(compressed.id, "model")
-        transformed = float_model and producer_input(float_model.id, "examples")
-        examples = transformed and producer_input(transformed.id, "examples")
+        examples = float_model and producer_input(float_model.id, "examples")
         if examples is None:
             continue
         found.append({"version": pushed.custom_properties["pushed_version"].string_value,

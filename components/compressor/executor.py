@@ -133,6 +133,8 @@ class Executor(base_executor.BaseExecutor):
         tf.io.gfile.makedirs(extra)
         with tf.io.gfile.GFile(os.path.join(extra, "model_int8.tflite"), "wb") as f:
             f.write(tflite_int8)
+        tf.io.gfile.copy(data.keras_model_path(baseline_uri), os.path.join(serving_dir, data.PUSHED_FLOAT_MODEL),
+                         overwrite=True)  # a pushed version is a --base-model for fine-tuning
         warmup = write_warmup(output_dict["compressed_model"][0], input_dict["examples"][0], tft_output)
         log.info("Wrote %d warm-up requests to %s", warmup, path_utils.warmup_file_path(serving_dir))
 

@@ -115,3 +115,11 @@ def test_an_unusable_base_model_names_the_layer():
         transfer.check(two, SHAPE)
     with pytest.raises(transfer.IncompatibleBaseModel, match=r"expects inputs of shape \(64, 64, 3\)"):
         transfer.check(networks.convnet((64, 64, 3), 2, HP), SHAPE)
+
+
+def test_a_model_of_this_pipeline_warm_starts_whole():
+    own = networks.convnet(SHAPE, 3, HP)
+    model, features, replaced = transfer.adapt(own, SHAPE, 3)
+    assert replaced is None and model.output_names == ["probabilities"]
+    x = np.random.default_rng(2).random((2, *SHAPE), np.float32)
+    np.testing.assert_allclose(model(x).numpy(), own(x).numpy(), rtol=1e-6)

@@ -105,7 +105,7 @@ def test_int8_tflite_runs_with_int8_weights_within_budget(first_run):
     assert all(np.mean(v == 0) >= TARGET_SPARSITY - 0.01 for _, v in kernels)  # sparse storage keeps the zeros
     assert len(tflite) < result.compression_report.baseline_float_tflite_bytes / 4
     _, pixels, labels = eval_examples(output)
-    accuracy = np.mean(compression.tflite_run(tflite, pixels.reshape(len(labels), -1) / 255.0) == labels)
+    accuracy = np.mean(compression.tflite_run(tflite, pixels / 255.0) == labels)
     assert accuracy == pytest.approx(result.compression_report.stages["tflite_int8"].accuracy)
     baseline = result.compression_report.stages["baseline"].accuracy
     assert accuracy >= baseline - 0.01 - 1e-9, (accuracy, baseline)
@@ -197,7 +197,12 @@ def test_second_span_warm_starts_and_is_compared_with_the_served_model(first_run
     assert result.training["start"].startswith("warm-started from pushed version")
     assert {e["phase"] for e in result.training["epochs"]} == {"warm start"}
     assert result.training["epochs_run"] < first.training["epochs_run"], (result.training, first.training)
-    assert result.compression_report.stages["baseline"].accuracy >= first.compression_report.stages["baseline"].accuracy
+    # ...and, on the new span's eval split, it is at least as accurate as the model being served (the
+    # Evaluator's baseline on the same examples; the two spans' eval splits differ, span 2 is noisier).
+    from components.gates import slice_metrics
+
+    served_on_new_span = slice_metrics(result.uri("Evaluator", "evaluation"))["overall"]["served_accuracy"]
+    assert result.compression_report.stages["baseline"].accuracy >= served_on_new_span
     # An unchanged rerun warm-starts from the same pinned model: the Trainer stays cached.
     again = runners.run_local(make_config(output))
     assert {c.name: c.state for c in again.components}["Trainer"] == "CACHED"

@@ -84,6 +84,8 @@ def test_compiled_spec_runs_end_to_end_and_a_second_run_resolves_the_pushed_mode
     the second's resolver tasks find it and the Evaluator compares the new model with it."""
     config = e2e_config(tmp_path)
     config.hparams.epochs, config.compression.prune_epochs = 3, 1
+    config.compression.max_accuracy_drop = 0.05  # the launcher contract is under test here, not compression:
+    # 3 + 1 epochs leave the pruned model 1-2 points short of a 1-point budget on some splits
     first = runners.run_kubeflow_local(config)
     assert first.pushed_dir and os.path.isfile(os.path.join(first.pushed_dir, "saved_model.pb")), first.refusal
     assert os.path.dirname(first.pushed_dir) == config.serving_dir

@@ -77,3 +77,23 @@ def test_report_shows_training_images_the_confusion_matrix_and_the_worst_eval_im
                         for _ in tf.data.TFRecordDataset(f, compression_type="GZIP"))
     assert set(classes) <= set(range(5)) and sum(counts.values()) == eval_examples
     assert "network convnet" in page and "augmentation on" in page
+
+
+def test_a_pushed_version_is_the_base_model_for_other_classes(photo_run, tmp_path):
+    """Pretrain once, fine-tune many times: the pushed folder itself is a --base-model for another data set."""
+    _, out, _ = photo_run
+    result = runners.latest_run(str(out / "metadata.sqlite"), "my_photos")
+    other = write_photo_folder(str(tmp_path / "other_shapes"), 60, classes=8, sizes=(32, 40), seed=9)
+    for name in ("circle", "square", "triangle", "star", "cross"):  # keep ring, bar, diamond: 3 other classes
+        for f in os.listdir(os.path.join(other, name)):
+            os.remove(os.path.join(other, name, f))
+        os.rmdir(os.path.join(other, name))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "--data", other, "--image-shape", "32,32,3", "--output",
+         str(tmp_path / "out"), "--base-model", result.pushed_dir, "--head-epochs", "2", "--fine-tune-epochs", "1",
+         "--no-prune", "--no-qat", "--min-accuracy", "0", "--min-class-accuracy", "0", "--max-regression", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tuned = runners.latest_run(str(tmp_path / "out" / "metadata.sqlite"), "other_shapes")
+    assert "5 outputs and this data 3 classes" in tuned.training["head_replaced"]
+    assert [e["phase"] for e in tuned.training["epochs"]] == ["new head, base frozen"] * 2 + ["fine-tune all layers"]
