@@ -155,7 +155,7 @@ def transfer(base_pushed_dir: str, size: int, work: str) -> dict:
     from pipeline import runners
 
     pool = write_photo_folder(os.path.join(work, "other_pool"), 8 * 200, classes=8, sizes=(100, 260), seed=77)
-    classes = ("ring", "bar", "diamond")
+    classes = ("bar", "diamond", "ring")  # sorted, as the pipeline names the folders
     files = {c: sorted(os.listdir(os.path.join(pool, c))) for c in classes}
     held_out = [(os.path.join(pool, c, f), i) for i, c in enumerate(classes) for f in files[c][100:200]]
     figures = {}
