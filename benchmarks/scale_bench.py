@@ -97,7 +97,8 @@ else:
     image = tf.io.FixedLenFeature([], tf.string) if raw else tf.io.FixedLenFeature([int(np.prod(shape))], tf.int64)
     spec = {"image": image, "label": tf.io.FixedLenFeature([], tf.int64)}
     parsed = records.map(lambda r: tf.io.parse_single_example(r, spec))
-    x = np.stack([np.frombuffer(p["image"], np.uint8) if raw else p["image"] for p in parsed.as_numpy_iterator()])
+    x = np.stack([(tf.io.decode_png(p["image"]).numpy().reshape(-1) if p["image"][:4] == b"\x89PNG"  # bundled
+                   else np.frombuffer(p["image"], np.uint8)) if raw else p["image"] for p in parsed.as_numpy_iterator()])
     y = np.array([p["label"] for p in parsed.as_numpy_iterator()])
 x = x.astype("float32").reshape(-1, *shape) / 255.0
 n = int(len(y) * 0.8)
