@@ -170,7 +170,8 @@ def measure(name: str, work: str) -> dict:
         flags, shape = write_workload(name, os.path.join(work, name, "data"))
         data_folder = os.path.join(work, name, "data", "span-1")
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--output", output, "--no-cache", *flags],
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--output", output, "--no-cache",
+                           "--model-name", "digits", *flags],
                           cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
     wall = time.perf_counter() - start
     config = PipelineConfig(output_dir=output)

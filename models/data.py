@@ -11,6 +11,7 @@ from models.preprocessing import IMAGE_KEY, LABEL_KEY
 
 SHUFFLE_BUFFER_BYTES = 64 << 20  # the shuffle buffer holds at most this much of (encoded) examples
 SHUFFLE_BUFFER_MAX = 10_000
+CACHE_DECODED_BYTES = 32 << 20  # a split whose decoded float images fit this is decoded once, kept in memory
 MIN_STEPS_PER_EPOCH = 20  # on tiny data an "epoch" (a validation interval) is several passes
 
 
@@ -30,22 +31,34 @@ def dataset(fn_args, file_patterns: List[str], tft_output, batch_size: int, seed
     """({"image": [B, H, W, C] floats}, label [B]) batches of a split of canonical examples, decoded by the
     transform graph (`tft_output`) in parallel as they stream.
 
+    A split whose decoded images take at most CACHE_DECODED_BYTES is decoded once and kept in memory (later
+    epochs skip the decode); a larger one streams, decoded every epoch, and is never held in memory.
     train: shuffled (seeded) and repeated forever (fit with steps_per_epoch); otherwise one ordered pass.
     augment: random training-only changes (models/augment.py) after decoding; never in a served graph.
     """
-    sample = [len(r) for r in _records(file_patterns).take(100).as_numpy_iterator()]
-    record_bytes = max(1, sum(sample) // max(1, len(sample)))
-    options = tfxio.TensorFlowDatasetOptions(
-        batch_size=batch_size, label_key=LABEL_KEY, num_epochs=None if train else 1, shuffle=train,
-        shuffle_seed=seed,
-        shuffle_buffer_size=max(batch_size, min(SHUFFLE_BUFFER_MAX, SHUFFLE_BUFFER_BYTES // record_bytes)))
-    raw = fn_args.data_accessor.tf_dataset_factory(file_patterns, options, tft_output.raw_metadata.schema)
     transform = tft_output.transform_features_layer()
+    image_values = math.prod(tft_output.transformed_feature_spec()[IMAGE_KEY].shape)
 
     def decode(features, label):
         return ({IMAGE_KEY: transform({IMAGE_KEY: features[IMAGE_KEY]})[IMAGE_KEY]}, tf.reshape(label, [-1]))
 
-    batches = raw.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    def raw(**options):
+        return fn_args.data_accessor.tf_dataset_factory(file_patterns, tfxio.TensorFlowDatasetOptions(
+            label_key=LABEL_KEY, **options), tft_output.raw_metadata.schema)
+
+    num_examples = count_examples(file_patterns)
+    if num_examples * image_values * 4 <= CACHE_DECODED_BYTES:
+        examples = raw(batch_size=256, num_epochs=1, shuffle=False).map(
+            decode, num_parallel_calls=tf.data.AUTOTUNE).unbatch().cache()
+        if train:
+            examples = examples.shuffle(num_examples, seed=seed, reshuffle_each_iteration=True).repeat()
+        batches = examples.batch(batch_size)
+    else:
+        sample = [len(r) for r in _records(file_patterns).take(100).as_numpy_iterator()]
+        record_bytes = max(1, sum(sample) // max(1, len(sample)))
+        batches = raw(batch_size=batch_size, num_epochs=None if train else 1, shuffle=train, shuffle_seed=seed,
+                      shuffle_buffer_size=max(batch_size, min(SHUFFLE_BUFFER_MAX, SHUFFLE_BUFFER_BYTES // record_bytes))
+                      ).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if augment:
         from models import augment as augmentation
 
