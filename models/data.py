@@ -1,5 +1,6 @@
 """How model code reads examples: canonical (encoded) examples streamed through TFX's data accessor and
-decoded by the transform graph as they are read; nothing is held in memory or written decoded."""
+decoded by the transform graph as they are read; nothing is written decoded, and only a split whose decoded
+images fit CACHE_DECODED_BYTES is held in memory."""
 import math
 import os
 from typing import List
