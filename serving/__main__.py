@@ -84,7 +84,9 @@ def load_batching(path):
 
 
 def watch_config(path: str, seconds: float, apply, stop: threading.Event) -> None:
-    """Re-reads the model config file every `seconds`; applies a changed one, logs (and keeps the old) on error."""
+    """Re-reads the model config file every `seconds`; applies a changed one. A file that does not parse,
+    holds an invalid entry or no model_config_list (an empty one included) changes nothing: it is logged
+    and the previous config stays, as TF Serving's polling does."""
     from serving.repository import parse_config_file
 
     last = open(path, "rb").read()
@@ -107,7 +109,7 @@ def main(argv=None) -> int:
     tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
     from serving import grpc_service, rest
     from serving.core import InferenceCore
-    from serving.repository import ModelConfig, Repository, parse_config_file
+    from serving.repository import ModelConfig, NotAModelConfigList, Repository, parse_config_file
     from serving.request_log import RequestLog
 
     try:
@@ -116,6 +118,10 @@ def main(argv=None) -> int:
         else:
             models = [ModelConfig(name=args.model_name, base_path=os.path.abspath(args.model_base_path))]
         batching = load_batching(args.batching_parameters_file) if args.enable_batching else None
+    except NotAModelConfigList:
+        print(f"error: {args.model_config_file} holds no model_config_list, so there is nothing to serve "
+              "(write `model_config_list {{ config {{ name: ... base_path: ... }} }}`)", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

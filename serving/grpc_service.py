@@ -264,12 +264,15 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             return response
 
     def HandleReloadConfigRequest(self, request, context):
-        """Applies a new ModelServerConfig: adds, removes and re-labels models; returns once new models serve."""
-        from serving.repository import models_from_proto
+        """Applies a new ModelServerConfig (a model_config_list; anything else, an empty config included, changes
+        nothing and is INVALID_ARGUMENT): adds, removes and re-labels models; returns once new models serve."""
+        from serving.repository import NOT_A_LIST_REQUEST, NotAModelConfigList, models_from_proto
 
         with _Guard(self.core, context, "reload_config", ""):
             try:
                 models = models_from_proto(request.config)
+            except NotAModelConfigList as e:  # an empty request included: nothing changes
+                raise ServingError("INVALID_ARGUMENT", NOT_A_LIST_REQUEST) from e
             except ValueError as e:
                 raise ServingError("INVALID_ARGUMENT", str(e)) from e
             self.core.reconfigure(models)

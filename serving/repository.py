@@ -39,16 +39,34 @@ class ModelConfig:
     logging: Optional[Tuple[str, float]] = None  # request log: (filename_prefix, sampling_rate)
 
 
+# TF Serving's words (model_service_impl.cc, server_core.cc) for a config that is not a ModelConfigList.
+NOT_A_LIST_REQUEST = ("ServerModelConfig type not supported by HandleReloadConfigRequest. Only ModelConfigList is "
+                      "currently supported")
+NOT_A_LIST_TRANSITION = ("Cannot transition to requested config. It is only legal to transition from one "
+                         "ModelConfigList to another.")
+
+
+class NotAModelConfigList(ValueError):
+    """The ModelServerConfig is empty or a custom_model_config: nothing is changed."""
+
+
 def models_from_proto(config: model_server_config_pb2.ModelServerConfig) -> List[ModelConfig]:
-    """The models of a TF Serving `ModelServerConfig` (model_config_list); ValueError names what is wrong."""
-    if config.WhichOneof("config") == "custom_model_config":
-        raise ValueError("custom_model_config is not supported; use model_config_list")
+    """The models of a TF Serving `ModelServerConfig`, validated whole before anything is applied: a config
+    that is not a model_config_list (an empty one included) raises NotAModelConfigList, an invalid entry
+    ValueError naming it."""
+    if config.WhichOneof("config") != "model_config_list":
+        raise NotAModelConfigList(NOT_A_LIST_TRANSITION)
     models = []
     for c in config.model_config_list.config:
+        if c.name in {m.name for m in models}:
+            raise ValueError(f"Illegal to list model {c.name} multiple times in config list")
         if not NAME.match(c.name):
             raise ValueError(f"model name '{c.name}' must be letters, digits, '_', '.', '-'")
         if not c.base_path:
             raise ValueError(f"model '{c.name}' has no base_path")
+        if "://" not in c.base_path and not os.path.isabs(c.base_path):
+            raise ValueError(f"Expected model {c.name} to have an absolute path or URI; got "
+                             f"base_path()={c.base_path}")
         if c.model_platform not in ("", "tensorflow"):
             raise ValueError(f"model '{c.name}': model_platform '{c.model_platform}' is not supported (tensorflow)")
         policy = c.model_version_policy
@@ -66,8 +84,6 @@ def models_from_proto(config: model_server_config_pb2.ModelServerConfig) -> List
             num_latest=(policy.latest.num_versions or 1) if kind == "latest" else 1,
             versions=tuple(policy.specific.versions) if kind == "specific" else (),
             labels=dict(c.version_labels), logging=logging_config))
-    if len({m.name for m in models}) != len(models):
-        raise ValueError("model names must be unique")
     return models
 
 

@@ -9,7 +9,8 @@ import re
 import socket
 
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from tensorflow_serving.apis import classification_pb2, inference_pb2, predict_pb2, regression_pb2
+from tensorflow_serving.apis import (classification_pb2, inference_pb2, model_management_pb2, predict_pb2,
+                                    regression_pb2)
 
 MODEL = "half_plus_two"
 PREDICT = f"/v1/models/{MODEL}:predict"
@@ -176,9 +177,24 @@ def _tensor(dtype, dims, **fields):
     return proto
 
 
-def grpc_corpus():
-    """(category, method name, request) for the PredictionService."""
+def grpc_corpus(model_base: str = "/models/half_plus_two"):
+    """(category, method name, request): PredictionService methods, and ModelService reloads that must change
+    nothing (`model_base`: the served model's absolute base path)."""
     cases = []
+    reloads = [model_management_pb2.ReloadConfigRequest()]  # empty: no config at all
+    reloads.append(model_management_pb2.ReloadConfigRequest())
+    reloads[-1].config.custom_model_config.type_url = "type.googleapis.com/x.Custom"
+    for entries in ([(MODEL, "relative/path", {})], [(MODEL, model_base, {}), (MODEL, model_base, {})],
+                    [("bad name!", model_base, {})], [(MODEL, "", {})], [(MODEL, model_base, {"platform": "onnx"})],
+                    [(MODEL, model_base, {"label": 9})], [("added", model_base, {}), (MODEL, "relative", {})]):
+        request = model_management_pb2.ReloadConfigRequest()
+        for name, base_path, extra in entries:
+            entry = request.config.model_config_list.config.add(name=name, base_path=base_path,
+                                                                model_platform=extra.get("platform", "tensorflow"))
+            if "label" in extra:
+                entry.version_labels["stable"] = extra["label"]
+        reloads.append(request)
+    cases += [("reload", "HandleReloadConfigRequest", r) for r in reloads]
     for tensor in [_tensor(types_pb2.DT_DOUBLE, [2], double_val=[1.0, 2.0]),
                    _tensor(types_pb2.DT_INT64, [1], int64_val=[1]),
                    _tensor(types_pb2.DT_BOOL, [1], bool_val=[True]),

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (classification_pb2, model_service_pb2_grpc, predict_pb2,
+                                    prediction_service_pb2_grpc)
 
 from tests.serving import fuzz
 from tests.serving.test_contract import http
@@ -83,27 +84,46 @@ def test_classify_and_regress_need_their_signature_kind(server):
         error.value.details()
 
 
+def assert_still_serving(server, after: str) -> None:
+    """Valid REST and gRPC requests are answered correctly (asked after each fuzz category)."""
+    assert http(server, "POST", "/v1/models/half_plus_two:predict", {"instances": [1.0, 3.0]}) == \
+        (200, {"predictions": [2.5, 3.5]}), after
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus_two"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto([1.0, 3.0], shape=[2]))
+    assert list(stub(server).Predict(request, 10.0).outputs["y"].float_val) == [2.5, 3.5], after
+
+
 def test_fuzz_corpus_gets_no_5xx_and_json_errors(server):
     host, port = address(server)
-    counts = {}
+    counts, last = {}, None
     for category, raw in fuzz.corpus(seed=0, mutations=300):
+        if category != last and last is not None:
+            assert_still_serving(server, after=last)
+        last = category
         status, body, answer = fuzz.send(host, port, raw, timeout=10)
         counts[(category, status // 100)] = counts.get((category, status // 100), 0) + 1
         assert 0 < status < 500, (category, raw[:200], answer[:300])
         if status != 200 and not raw.startswith(b"HEAD "):
             assert isinstance(body, dict) and set(body) == {"error"}, (category, raw[:200], answer[:300])
+    assert_still_serving(server, after=last)
     assert counts[("http", 4)] >= 30 and counts[("mutations", 4)] > 0, counts
-    assert http(server, "POST", "/v1/models/half_plus_two:predict", {"instances": [1.0]}) == \
-        (200, {"predictions": [2.5]})
 
 
-def test_grpc_fuzz_corpus_gets_no_internal(server):
-    predictions = stub(server)
-    for category, method, request in fuzz.grpc_corpus():
+def test_grpc_fuzz_corpus_gets_no_internal_and_changes_nothing(server, model_base):
+    channel = grpc.insecure_channel(server.grpc)
+    services = {"HandleReloadConfigRequest": model_service_pb2_grpc.ModelServiceStub(channel)}
+    predictions, last = stub(server), None
+    for category, method, request in fuzz.grpc_corpus(str(model_base / "half_plus_two")):
+        if category != last and last is not None:
+            assert_still_serving(server, after=last)
+        last = category
         with pytest.raises(grpc.RpcError) as error:
-            getattr(predictions, method)(request, timeout=10)
+            getattr(services.get(method, predictions), method)(request, timeout=10)
         assert error.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION), \
             (category, method, error.value.code(), error.value.details())
+    assert_still_serving(server, after=last)
+    assert http(server, "GET", "/v1/models/added")[0] == 404  # a refused config added nothing
 
 
 @pytest.mark.parametrize("raw, status, message", [

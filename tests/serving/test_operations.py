@@ -198,3 +198,46 @@ def test_a_version_whose_variables_land_late_is_loaded_once_complete(tmp_path):
             {"predictions": [2.0]}
     finally:
         server.stop()
+
+
+def test_reloads_that_are_not_a_model_config_list_change_nothing(tmp_path):
+    """TF Serving's ReloadConfig rules, over gRPC and by --model_config_file polling: an empty config (or a
+    custom_model_config) is refused and changes nothing; a config is validated whole before anything changes."""
+    write_half_plus_two(str(tmp_path / "a" / "1"))
+    write_half_plus_two(str(tmp_path / "c" / "1"), a=1.0, b=0.0)
+    config = tmp_path / "models.config"
+    write_config(config, [("a", tmp_path / "a", "")])
+    server = start_server([f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=0.2"], tmp_path)
+    models = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(server.grpc))
+    serves_a = lambda: http(server, "POST", "/v1/models/a:predict", {"instances": [2.0]}) == (  # noqa: E731
+        200, {"predictions": [3.0]})
+    try:
+        with pytest.raises(grpc.RpcError) as error:
+            models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=30)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "Only ModelConfigList is currently supported" in error.value.details()
+        assert serves_a() and http(server, "GET", "/v1/models/a")[1]["model_version_status"][0]["state"] == "AVAILABLE"
+        half_valid = model_management_pb2.ReloadConfigRequest()  # c is valid, the second entry is not
+        half_valid.config.model_config_list.config.add(name="c", base_path=str(tmp_path / "c"))
+        half_valid.config.model_config_list.config.add(name="d", base_path="relative/d")
+        with pytest.raises(grpc.RpcError) as error:
+            models.HandleReloadConfigRequest(half_valid, timeout=30)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "absolute path" in error.value.details()
+        assert serves_a() and http(server, "GET", "/v1/models/c")[0] == 404
+        # The polled file: emptied, then half valid; each is logged and the served set stays.
+        for text in ("", f'model_config_list {{ config {{ name: "c" base_path: "{tmp_path / "c"}" }} '
+                         f'config {{ name: "c" base_path: "{tmp_path / "c"}" }} }}'):
+            config.with_suffix(".tmp").write_text(text)
+            os.replace(config.with_suffix(".tmp"), config)
+            time.sleep(1.0)  # five polls
+            assert serves_a() and http(server, "GET", "/v1/models/c")[0] == 404, text
+        log = open(server.log_path).read()
+        assert "Cannot transition to requested config" in log and "multiple times in config list" in log
+        write_config(config, [("a", tmp_path / "a", ""), ("c", tmp_path / "c", "")])  # a valid edit still applies
+        deadline = time.time() + 30
+        while http(server, "POST", "/v1/models/c:predict", {"instances": [2.0]})[0] != 200 and time.time() < deadline:
+            time.sleep(0.1)
+        assert http(server, "POST", "/v1/models/c:predict", {"instances": [2.0]}) == (200, {"predictions": [2.0]})
+        assert serves_a()
+    finally:
+        server.stop()
