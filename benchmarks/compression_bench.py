@@ -13,7 +13,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from pipeline import runners  # noqa: E402
+from pipeline import lineage, local_runner  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 
 
@@ -25,9 +25,9 @@ def main() -> None:
     output = args.output or tempfile.mkdtemp(prefix="compression_bench_")
     config = PipelineConfig(output_dir=output, enable_cache=not args.reuse)
     if args.reuse:
-        result = runners.latest_run(os.path.join(output, "metadata.sqlite"), config.pipeline_name)
+        result = lineage.latest_run(os.path.join(output, "metadata.sqlite"), config.pipeline_name)
     else:
-        result = runners.run_local(config)
+        result = local_runner.run(config)
     r = result.compression_report
     stages = {s: {k: v for k, v in vars(m).items() if k != "layer_sparsity"} for s, m in r.stages.items()}
     print(json.dumps({

@@ -103,13 +103,13 @@ def folder_bytes(path: str) -> int:
 
 
 def measure(folder: str, size: int, work: str, epochs) -> dict:
-    from pipeline import runners
+    from pipeline import lineage
 
     name = os.path.basename(folder)
     output = os.path.join(work, f"{name}_{size}")
     flags = ["--data", folder, "--image-shape", f"{size},{size},3", "--output", output, "--no-cache"]
     run = run_pipeline(flags + (["--epochs", str(epochs)] if epochs else []))
-    result = runners.latest_run(os.path.join(output, "metadata.sqlite"), name)
+    result = lineage.latest_run(os.path.join(output, "metadata.sqlite"), name)
     training = result.training
     report = result.compression_report
     served = report.stages[report.final_model_stage]
@@ -152,7 +152,7 @@ def transfer(base_pushed_dir: str, size: int, work: str) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from pipeline import runners
+    from pipeline import lineage
 
     pool = write_photo_folder(os.path.join(work, "other_pool"), 8 * 200, classes=8, sizes=(100, 260), seed=77)
     classes = ("bar", "diamond", "ring")  # sorted, as the pipeline names the folders
@@ -173,7 +173,7 @@ def transfer(base_pushed_dir: str, size: int, work: str) -> dict:
             run = run_pipeline(["--data", data, "--image-shape", f"{size},{size},3", "--output", output, "--no-cache",
                                 "--no-prune", "--no-qat", "--min-accuracy", "0", "--min-class-accuracy", "0",
                                 "--max-regression", "1", *flags])
-            result = runners.latest_run(os.path.join(output, "metadata.sqlite"), os.path.basename(data))
+            result = lineage.latest_run(os.path.join(output, "metadata.sqlite"), os.path.basename(data))
             served = tf.saved_model.load(os.path.join(result.uri("Trainer", "model"), "Format-Serving"))
             predicted = np.concatenate([served.signatures["predict_images"](images=tf.constant(
                 [open(p, "rb").read() for p, _ in held_out[i:i + 64]]))["classes"].numpy()

@@ -159,7 +159,7 @@ def peak_rss_alone(which: str, result, config: str, out: str) -> float:
 
 def measure(name: str, work: str) -> dict:
     from components.compressor.report import CompressionReport
-    from pipeline import runners
+    from pipeline import lineage
     from pipeline.config import PipelineConfig
 
     output = os.path.join(work, name, "out")
@@ -175,7 +175,7 @@ def measure(name: str, work: str) -> dict:
                           cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
     wall = time.perf_counter() - start
     config = PipelineConfig(output_dir=output)
-    result = runners.latest_run(config.metadata_path, config.pipeline_name)
+    result = lineage.latest_run(config.metadata_path, config.pipeline_name)
     report: CompressionReport = result.compression_report
     with open(os.path.join(result.uri("Trainer", "model_run"), "training.json")) as f:
         training = json.load(f)

@@ -41,7 +41,7 @@ def write_span(folder: str, span: int, images, labels) -> None:
 
 def run(output: str, data: str, *flags) -> dict:
     """One pipeline run (compression off); returns the Trainer's summary and component seconds."""
-    from pipeline import runners
+    from pipeline import lineage
     from pipeline.config import PipelineConfig
 
     proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--data", data, "--output", output, "--no-prune",
@@ -49,7 +49,7 @@ def run(output: str, data: str, *flags) -> dict:
                           env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
     if proc.returncode not in (0, 1):
         raise RuntimeError(proc.stderr[-3000:])
-    result = runners.latest_run(PipelineConfig(output_dir=output).metadata_path, "digits")
+    result = lineage.latest_run(PipelineConfig(output_dir=output).metadata_path, "digits")
     seconds = {c.name: c.seconds for c in result.components}
     return {"training": result.training, "trainer_seconds": seconds["Trainer"], "model": result.uri("Trainer", "model")}
 

@@ -5,16 +5,18 @@ Exit codes: 0 ok, 1 the run failed (or its model was not pushed), 2 bad usage or
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 import time
+from typing import Callable, Optional
 
 if not {"-v", "--verbose"} & set(sys.argv):  # quiet TensorFlow's C++ logs and warnings, Beam workers too
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
-from pipeline import config as cfg  # noqa: E402  (pipeline/__init__ sets legacy Keras first)
+from pipeline import config as cfg  # noqa: E402
 
 EXAMPLES = """examples:
   python -m pipeline run                                   # bundled 8x8 digits → artifacts/
@@ -27,10 +29,6 @@ EXAMPLES = """examples:
       --image gcr.io/me/digits-pipeline:latest --output digits.json
   python -m pipeline tensorboard --output artifacts
 """
-
-
-class UsageError(Exception):
-    pass
 
 
 def _shape(text: str):
@@ -80,132 +78,163 @@ def _class_names(text: str):
     return names
 
 
-def _add_settings(parser: argparse.ArgumentParser, output_dir: bool = True) -> None:
-    defaults = cfg.PipelineConfig()
-    hp, comp_d, th = defaults.hparams, defaults.compression, defaults.thresholds
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """One command-line flag of `run` and `compile`, mapped onto one PipelineConfig setting."""
 
-    def flag(group, name, owner, help, **kwargs):
-        """A flag for the settings field `name` of `owner`, its default shown from the settings class."""
-        group.add_argument("--" + name.replace("_", "-"), help=f"{help} (default {getattr(owner, name)})", **kwargs)
+    setting: str  # dotted path into PipelineConfig, e.g. "hparams.batch_size"; also the argparse dest
+    help: str  # what it means; "(default X)" follows from the settings class unless the help says "default"
+    group: str = "general"
+    type: Optional[Callable] = None
+    kind: str = "value"  # value | true (sets True) | false (sets False) | append (repeatable, a list)
+    name: Optional[str] = None  # default: the setting's last part, "-" for "_"
+    choices: Optional[tuple] = None
+    metavar: Optional[str] = None
 
-    data = parser.add_argument_group("data")
-    data.add_argument("--data", help="data folder (spans in span-N/ sub-folders); default: bundled digits")
-    data.add_argument("--format", choices=cfg.FORMATS, default="auto", help="data format (default auto: detected)")
-    data.add_argument("--image-feature", default="image", help="TFRecords: the image feature's name (default image)")
-    data.add_argument("--label-feature", default="label", help="TFRecords: the label feature's name (default label)")
-    data.add_argument("--image-shape", type=_shape, help="H,W,C the model sees (default: the most common image size)")
-    data.add_argument("--num-classes", type=_number(int, 2),
-                      help="number of classes; labels must be in 0..N-1 (default: class folders, label names, or "
-                           "integer labels if contiguous from 0)")
-    data.add_argument("--class-names", type=_class_names, metavar="A,B,...",
-                      help="class names, comma-separated: name i is integer label i, or the order of string labels "
-                           "and class folders (default: folder names, label names, or the digits of integer labels)")
-    data.add_argument("--skip-bad-files", action="store_true",
-                      help="leave unreadable images and records out (counted and listed) instead of stopping")
-    data.add_argument("--pixel-range", type=_range, metavar="LO,HI",
-                      help="numeric pixels (int/float lists): the values that map to 0..255 (default: read from the "
-                           "whole span: 0..1, -0.5..0.5, -1..1, 0..255, or the values' own range)")
-    data.add_argument("--max-image-pixels", type=_number(int, 1),
-                      help="largest width x height of one image, checked from its header before decoding, in "
-                           f"ingestion and in every served signature (default {cfg.DataSpec().max_image_pixels})")
-    data.add_argument("--input-pattern", help="glob under --data ({SPAN} for spans); default: by format")
-    if output_dir:
-        parser.add_argument("--output", default="artifacts", help="output folder (default: artifacts)")
-    parser.add_argument("--model-name", help="served model name (default: the data folder's name; digits for "
-                                             "the bundled data)")
-    parser.add_argument("--pipeline-name", default=None, help="TFX pipeline name (default: the model name)")
-    train = parser.add_argument_group("training")
+    @property
+    def option(self) -> str:
+        return "--" + (self.name or self.setting.rsplit(".", 1)[-1]).replace("_", "-")
+
+
+def _budgets(field: str) -> str:
     from models import networks
 
-    train.add_argument("--model", choices=networks.NETWORKS, dest="network",
-                       help="the network (default: small_cnn for grey images up to 32 px, else convnet)")
-    train.add_argument("--backbone-weights", metavar="FILE",
-                       help="no-top weights (.h5) of a keras.applications --model (default: the file Keras caches "
-                            "under ~/.keras/models/ if there, else random weights; nothing is downloaded)")
-    augment = train.add_mutually_exclusive_group()
-    augment.add_argument("--augment", action="store_true", default=None,
-                         help="random flip, rotation, zoom and contrast in training (default: on for colour images)")
-    augment.add_argument("--no-augment", action="store_false", dest="augment", help="no augmentation")
-    budgets = ", ".join(f"{name} {b.epochs}" for name, b in networks.BUDGETS.items())
-    train.add_argument("--epochs", type=_positive,
-                       help=f"epoch ceiling (early stopping on validation loss; default by network: {budgets})")
-    train.add_argument("--patience", type=_positive,
-                       help="epochs without a better validation loss before stopping (default by network: "
-                            + ", ".join(f"{name} {b.patience}" for name, b in networks.BUDGETS.items()) + ")")
-    flag(train, "batch_size", hp, "examples per batch", type=_positive)
-    flag(train, "dense_units", hp, "units of the dense layer", type=_positive)
-    flag(train, "learning_rate", hp, "Adam learning rate", type=_number(float, 0.0, low_open=True))
-    train.add_argument("--base-model", metavar="PATH",
-                       help="fine-tune your own Keras model (SavedModel folder, .keras or .h5): when its outputs differ "
-                            "from the classes, its layers up to its last Flatten/pooling get a new head")
-    train.add_argument("--no-warm-start", action="store_true",
-                       help="on a new span, train from scratch instead of from the latest pushed model")
-    flag(train, "fine_tune_epochs", hp, "epoch ceiling of warm start and of fine-tuning all layers", type=_positive)
-    flag(train, "head_epochs", hp, "transfer learning: epoch ceiling of the new head on the frozen base",
-         type=_positive)
-    train.add_argument("--tune", action="store_true",
-                       help="search hyperparameters first (TFX Tuner + KerasTuner, models/tuning.py's search space)")
-    train.add_argument("--tune-trials", type=_positive,
-                       help=f"trials of the search (default {defaults.tuning.trials})")
-    train.add_argument("--seed", type=int, help=f"seeds training and compression (default {defaults.seed}): reruns "
-                                                "on the CPU give identical models")
-    comp = parser.add_argument_group("compression")
-    comp.add_argument("--no-prune", action="store_true", help="skip magnitude pruning")
-    comp.add_argument("--no-qat", action="store_true", help="skip quantization-aware training")
-    flag(comp, "target_sparsity", comp_d, "fraction of weights pruned to zero, in [0, 1)", type=_fraction)
-    flag(comp, "prune_epochs", comp_d, "epochs of pruning", type=_positive)
-    flag(comp, "qat_epochs", comp_d, "epochs of quantization-aware training", type=_positive)
-    flag(comp, "max_accuracy_drop", comp_d, "largest accuracy loss of compression vs. this run's baseline",
-         type=_unit)
-    gate = parser.add_argument_group("quality gate (the Evaluator, on the eval split)")
-    flag(gate, "min_accuracy", th, "overall accuracy floor", type=_unit)
-    flag(gate, "min_class_accuracy", th, "accuracy floor of each class with at least --min-slice-examples "
-                                         "eval examples", type=_unit)
-    flag(gate, "min_slice_examples", th, "eval examples a class needs for its floor to apply (smaller classes are "
-                                         "reported, not judged)", type=_positive)
-    flag(gate, "max_regression", th, "largest overall accuracy drop vs. the model being served (the latest pushed)",
-         type=_unit)
-    parser.add_argument("--beam-arg", action="append", default=None, metavar="ARG",
-                        help="Beam pipeline argument, repeatable (default: the DirectRunner, in-memory for "
-                             "small data, multi-processing for large)")
-    parser.add_argument("--no-cache", action="store_true", help="run every component even if cached")
+    return ", ".join(f"{name} {getattr(b, field)}" for name, b in networks.BUDGETS.items())
+
+
+def _networks() -> tuple:
+    from models import networks
+
+    return tuple(networks.NETWORKS)
+
+
+# Every setting the CLI can change, in the order --help shows them. Defaults live in pipeline/config.py only.
+SETTINGS = (
+    Flag("data.path", "data folder (spans in span-N/ sub-folders); default: bundled digits", "data", name="data"),
+    Flag("data.format", "data format; auto: detected", "data", choices=cfg.FORMATS),
+    Flag("data.image_feature", "TFRecords: the image feature's name", "data"),
+    Flag("data.label_feature", "TFRecords: the label feature's name", "data"),
+    Flag("data.image_shape", "H,W,C the model sees (default: the most common image size)", "data", _shape),
+    Flag("data.num_classes", "number of classes; labels must be in 0..N-1 (default: class folders, label names, "
+         "or integer labels if contiguous from 0)", "data", _number(int, 2)),
+    Flag("data.class_names", "class names, comma-separated: name i is integer label i, or the order of string "
+         "labels and class folders (default: folder names, label names, or the digits of integer labels)", "data",
+         _class_names, metavar="A,B,..."),
+    Flag("data.skip_bad_files", "leave unreadable images and records out (counted and listed) instead of stopping",
+         "data", kind="true"),
+    Flag("data.pixel_range", "numeric pixels (int/float lists): the values that map to 0..255 (default: read from "
+         "the whole span: 0..1, -0.5..0.5, -1..1, 0..255, or the values' own range)", "data", _range,
+         metavar="LO,HI"),
+    Flag("data.max_image_pixels", "largest width x height of one image, checked from its header before decoding, "
+         "in ingestion and in every served signature", "data", _number(int, 1)),
+    Flag("data.input_pattern", "glob under --data ({SPAN} for spans); default: by format", "data"),
+    Flag("output_dir", "output folder", name="output"),
+    Flag("model_name", "served model name (default: the data folder's name; digits for the bundled data)"),
+    Flag("pipeline_name", "TFX pipeline name (default: the model name)"),
+    Flag("hparams.network", "the network (default: small_cnn for grey images up to 32 px, else convnet)",
+         "training", name="model", choices=_networks()),
+    Flag("hparams.backbone_weights", "no-top weights (.h5) of a keras.applications --model (default: the file "
+         "Keras caches under ~/.keras/models/ if there, else random weights; nothing is downloaded)", "training",
+         metavar="FILE"),
+    Flag("hparams.augment", "random flip, rotation, zoom and contrast in training (default: on for colour images)",
+         "training", kind="true", name="augment"),
+    Flag("hparams.augment", "no augmentation", "training", kind="false", name="no_augment"),
+    Flag("hparams.epochs", f"epoch ceiling (early stopping on validation loss; default by network: "
+         f"{_budgets('epochs')})", "training", _positive),
+    Flag("hparams.patience", f"epochs without a better validation loss before stopping (default by network: "
+         f"{_budgets('patience')})", "training", _positive),
+    Flag("hparams.batch_size", "examples per batch", "training", _positive),
+    Flag("hparams.dense_units", "units of the dense layer", "training", _positive),
+    Flag("hparams.learning_rate", "Adam learning rate", "training", _number(float, 0.0, low_open=True)),
+    Flag("base_model", "fine-tune your own Keras model (SavedModel folder, .keras or .h5): when its outputs differ "
+         "from the classes, its layers up to its last Flatten/pooling get a new head", "training", metavar="PATH"),
+    Flag("warm_start", "on a new span, train from scratch instead of from the latest pushed model", "training",
+         kind="false", name="no_warm_start"),
+    Flag("hparams.fine_tune_epochs", "epoch ceiling of warm start and of fine-tuning all layers", "training",
+         _positive),
+    Flag("hparams.head_epochs", "transfer learning: epoch ceiling of the new head on the frozen base", "training",
+         _positive),
+    Flag("tuning.enabled", "search hyperparameters first (TFX Tuner + KerasTuner, models/tuning.py's search space)",
+         "training", kind="true", name="tune"),
+    Flag("tuning.trials", "trials of the search", "training", _positive, name="tune_trials"),
+    Flag("seed", "seeds training and compression: reruns on the CPU give identical models", "training", int),
+    Flag("compression.prune", "skip magnitude pruning", "compression", kind="false", name="no_prune"),
+    Flag("compression.qat", "skip quantization-aware training", "compression", kind="false", name="no_qat"),
+    Flag("compression.target_sparsity", "fraction of weights pruned to zero, in [0, 1)", "compression", _fraction),
+    Flag("compression.prune_epochs", "epochs of pruning", "compression", _positive),
+    Flag("compression.qat_epochs", "epochs of quantization-aware training", "compression", _positive),
+    Flag("compression.max_accuracy_drop", "largest accuracy loss of compression vs. this run's baseline",
+         "compression", _unit),
+    Flag("thresholds.min_accuracy", "overall accuracy floor", "quality gate", _unit),
+    Flag("thresholds.min_class_accuracy", "accuracy floor of each class with at least --min-slice-examples eval "
+         "examples", "quality gate", _unit),
+    Flag("thresholds.min_slice_examples", "eval examples a class needs for its floor to apply (smaller classes are "
+         "reported, not judged)", "quality gate", _positive),
+    Flag("thresholds.max_regression", "largest overall accuracy drop vs. the model being served (the latest "
+         "pushed)", "quality gate", _unit),
+    Flag("beam_args", "Beam pipeline argument, repeatable (default: the DirectRunner, in-memory for small data, "
+         "multi-processing for large)", kind="append", name="beam_arg", metavar="ARG"),
+    Flag("enable_cache", "run every component even if cached", kind="false", name="no_cache"),
+)
+GROUP_TITLES = {"quality gate": "quality gate (the Evaluator, on the eval split)"}
+
+
+def _get(config, path: str):
+    for part in path.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def _set(config, path: str, value) -> None:
+    *owners, name = path.split(".")
+    for part in owners:
+        config = getattr(config, part)
+    setattr(config, name, value)
+
+
+def add_settings(parser: argparse.ArgumentParser, skip=()) -> None:
+    """The SETTINGS flags (less the settings in `skip`), each in its group, defaults shown from config.py."""
+    defaults, groups, exclusive = cfg.PipelineConfig(), {}, {}
+    for flag in SETTINGS:
+        if flag.setting in skip:
+            continue
+        if flag.group not in groups:
+            groups[flag.group] = parser if flag.group == "general" else parser.add_argument_group(
+                GROUP_TITLES.get(flag.group, flag.group))
+        group = groups[flag.group]
+        if sum(f.setting == flag.setting for f in SETTINGS) > 1:  # e.g. --augment / --no-augment
+            if flag.setting not in exclusive:
+                exclusive[flag.setting] = group.add_mutually_exclusive_group()
+            group = exclusive[flag.setting]
+        default = _get(defaults, flag.setting)
+        shown = "" if "default" in flag.help or flag.kind != "value" or default is None else f" (default {default})"
+        kwargs = {"dest": flag.setting, "help": flag.help + shown, "default": None}
+        if flag.kind == "value":
+            kwargs.update(type=flag.type, choices=flag.choices,
+                          metavar=flag.metavar or (None if flag.choices else flag.option[2:].replace("-", "_").upper()))
+        elif flag.kind == "append":
+            kwargs.update(action="append", metavar=flag.metavar)
+        else:
+            kwargs.update(action="store_const", const=flag.kind == "true")
+        group.add_argument(flag.option, **kwargs)
     parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's and TFX's own logs, "
                                                                       "and tracebacks")
 
 
-def config_from_args(args) -> cfg.PipelineConfig:
-    model_name = args.model_name or cfg.model_name_of(args.data)
-    config = cfg.PipelineConfig(model_name=model_name, pipeline_name=args.pipeline_name or model_name,
-                                output_dir=getattr(args, "output", "artifacts"), enable_cache=not args.no_cache)
-    config.data = cfg.DataSpec(path=args.data, format=args.format, image_feature=args.image_feature,
-                               label_feature=args.label_feature, image_shape=args.image_shape,
-                               num_classes=args.num_classes, class_names=args.class_names,
-                               input_pattern=args.input_pattern or "", skip_bad_files=args.skip_bad_files,
-                               pixel_range=args.pixel_range)
-    if args.max_image_pixels is not None:
-        config.data.max_image_pixels = args.max_image_pixels
-    for owner, fields in ((config.hparams, ("network", "backbone_weights", "augment", "epochs", "patience",
-                                            "batch_size", "dense_units", "learning_rate", "fine_tune_epochs",
-                                            "head_epochs")),
-                          (config.compression, ("target_sparsity", "prune_epochs", "qat_epochs", "max_accuracy_drop")),
-                          (config.thresholds, ("min_accuracy", "min_class_accuracy", "min_slice_examples",
-                                               "max_regression"))):
-        for field in fields:
-            if getattr(args, field) is not None:
-                setattr(owner, field, getattr(args, field))
-    if config.hparams.backbone_weights:
-        if not os.path.isfile(config.hparams.backbone_weights):
-            raise UsageError(f"--backbone-weights {config.hparams.backbone_weights}: no such file")
-        config.hparams.backbone_weights = os.path.abspath(config.hparams.backbone_weights)
-    config.compression.prune, config.compression.qat = not args.no_prune, not args.no_qat
-    if args.beam_arg:
-        config.beam_args = args.beam_arg
-    if args.seed is not None:
-        config.seed = args.seed
-    config.base_model, config.warm_start = args.base_model, not args.no_warm_start
-    config.tuning.enabled = args.tune
-    if args.tune_trials is not None:
-        config.tuning.trials = args.tune_trials
+def config_from_args(args, parser: argparse.ArgumentParser) -> cfg.PipelineConfig:
+    """The settings the flags name, the rest as config.py defines them."""
+    config = cfg.PipelineConfig()
+    for flag in SETTINGS:
+        value = getattr(args, flag.setting, None)
+        if value is not None:
+            _set(config, flag.setting, value)
+    config.model_name = config.model_name if args.model_name else cfg.model_name_of(config.data.path)
+    config.pipeline_name = config.pipeline_name if args.pipeline_name else config.model_name
+    weights = config.hparams.backbone_weights
+    if weights:
+        if not os.path.isfile(weights):
+            parser.error(f"--backbone-weights {weights}: no such file")
+        config.hparams.backbone_weights = os.path.abspath(weights)
     return config
 
 
@@ -272,7 +301,9 @@ def _print_summary(result, config) -> None:
         for row in report.rows():
             print("  " + "".join(f"{v:>12s}" for v in row))
         print(f"  report: {os.path.join(output_dir, 'report', 'compression.md')} (plot: compression.png)")
-    evaluation = result.uri("Evaluator", "evaluation")
+    from pipeline import dag
+
+    evaluation = result.uri(dag.EVALUATOR, "evaluation")
     if evaluation:
         from components.gates import slice_metrics
 
@@ -306,139 +337,36 @@ def _not_pushed(refusal: str) -> str:
     return "NOT pushed:\n  " + (refusal or "see the log above").replace("\n", "\n  ")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, epilog=EXAMPLES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the pipeline locally (LocalDagRunner)", epilog=EXAMPLES,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_settings(run)
-    run.add_argument("--runner", choices=["local", "kubeflow-local"], default="local",
-                     help="local: TFX's LocalDagRunner (default); kubeflow-local: compile for Kubeflow Pipelines and "
-                          "execute the compiled spec here, each task through its container command")
-    comp = commands.add_parser("compile", help="write a Kubeflow Pipelines v2 spec", epilog=EXAMPLES,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_settings(comp, output_dir=False)
-    comp.add_argument("--runner", choices=["kubeflow"], default="kubeflow")
-    comp.add_argument("--pipeline-root", required=True, help="e.g. gs://bucket/pipeline_root")
-    comp.add_argument("--image", required=True, help="container image built from the Dockerfile")
-    comp.add_argument("--output", dest="spec", required=True, metavar="FILE.json")
-    sub = commands.add_parser("submit", help="upload a compiled spec to Kubeflow Pipelines and start a run",
-                              epilog="example:\n  python -m pipeline submit --spec digits.json --host "
-                                     "https://kfp.example.com --experiment digits\n\nAuthentication: --token (or "
-                                     "KF_PIPELINES_TOKEN); an in-cluster or kubeconfig service account; or, on GCP, "
-                                     "the host's IAP/gcloud credentials that kfp.Client picks up.",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub.add_argument("--spec", required=True, metavar="FILE.json", help="written by `compile`")
-    sub.add_argument("--host", required=True, help="the KFP API server, e.g. http://localhost:8080")
-    sub.add_argument("--experiment", default="Default", help="experiment name (default Default)")
-    sub.add_argument("--run-name", help="default: the pipeline's name")
-    sub.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
-    sub.add_argument("--token", default=os.environ.get("KF_PIPELINES_TOKEN"),
-                     help="bearer token (default: $KF_PIPELINES_TOKEN)")
-    rep = commands.add_parser("report", help="rebuild (and open) the HTML report of the latest run",
-                              epilog="example:\n  python -m pipeline report --output artifacts --open",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    rep.add_argument("--output", default="artifacts")
-    rep.add_argument("--model-name", default="digits", help="pipeline name (default: digits)")
-    rep.add_argument("--run", default="latest", choices=["latest"], help="which run (only the latest is kept)")
-    rep.add_argument("--open", action="store_true", help="open it in the default browser")
-    board = commands.add_parser("tensorboard", help="serve TensorBoard on every Trainer run",
-                                epilog="example:\n  python -m pipeline tensorboard --output artifacts --port 6006",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    board.add_argument("--output", default="artifacts")
-    board.add_argument("--port", type=int, default=6006)
-    board.add_argument("--host", default="127.0.0.1")
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:  # argparse would blame the top-level parser and show its usage; show the command's
-        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
-
-    if args.command == "tensorboard":
-        root = cfg.PipelineConfig(output_dir=args.output).pipeline_root
-        logdirs = {"trainer": os.path.join(root, "Trainer", "model_run"),
-                   "compressor": os.path.join(root, "Compressor", "model_run"),
-                   "tuner": os.path.join(root, "Tuner", "hparams")}
-        if not any(os.path.isdir(d) for d in logdirs.values()):
-            print(f"error: no Trainer runs under {root}; run `python -m pipeline run` first", file=sys.stderr)
-            return 2
-        spec = ",".join(f"{name}:{d}" for name, d in logdirs.items() if os.path.isdir(d))
-        os.execvp(sys.executable, [sys.executable, "-m", "tensorboard.main", "--logdir_spec", spec,
-                                   "--host", args.host, "--port", str(args.port)])
-
-    if args.command == "submit":
-        if not os.path.isfile(args.spec):
-            print(f"error: --spec {args.spec}: no such file; write it with `python -m pipeline compile`",
-                  file=sys.stderr)
-            return 2
-        _quiet(False)
-        from pipeline import runners
-
-        try:
-            run_id = runners.submit_kubeflow(args.spec, args.host, args.experiment, args.run_name, args.namespace,
-                                             args.token)
-        except Exception as e:  # kfp raises connection, auth and API errors of many types
-            print(f"error: could not submit to {args.host}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                  file=sys.stderr)
-            return 1
-        print(f"submitted: run {run_id} in experiment {args.experiment} at {args.host}")
-        return 0
-
-    if args.command == "report":
-        if not os.path.exists(cfg.PipelineConfig(output_dir=args.output).metadata_path):
-            print(f"error: no runs under {args.output}; run `python -m pipeline run` first", file=sys.stderr)
-            return 2
-        _quiet(False)
-        from pipeline import report, runners
-
-        try:
-            path = report.build(args.output, args.model_name)
-        except runners.NoRuns as e:
-            print(f"error: {e}; pass the --model-name of a pipeline run under {args.output}", file=sys.stderr)
-            return 2
-        print(f"report: {path}")
-        if args.open:
-            import webbrowser
-
-            webbrowser.open("file://" + os.path.abspath(path))
-        return 0
-
+def cmd_run(args, parser) -> int:
+    """Runs the pipeline with the local runner, or its compiled Kubeflow spec here (--runner kubeflow-local)."""
     _quiet(args.verbose)
-    config = config_from_args(args)
+    config = config_from_args(args, parser)
     from components.ingest.formats import DataError
-    from pipeline import runners
-
-    if args.command == "compile":
-        try:
-            spec = runners.compile_kubeflow(config, args.pipeline_root, args.image, args.spec)
-        except (DataError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(f"wrote {args.spec}: {len(spec['pipelineSpec']['root']['dag']['tasks'])} components, "
-              f"image {args.image}, pipeline root {args.pipeline_root}")
-        return 0
 
     start = time.time()
     if args.runner == "kubeflow-local":
-        from pipeline.kubeflow_local import TaskFailed
+        from pipeline import kubeflow_runner
 
         try:
-            result = runners.run_kubeflow_local(config)
+            result = kubeflow_runner.run_here(config)
         except DataError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        except TaskFailed as e:
+        except kubeflow_runner.TaskFailed as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         print(f"\ncompiled spec: {result.spec_file}")
         print(f"pushed: {result.pushed_dir}" if result.pushed_dir else _not_pushed(result.refusal))
         print(f"total {time.time() - start:.0f} s")
         return 0 if result.pushed_dir else 1
+    from pipeline import local_runner
+
     try:
-        result = runners.run_local(config)
+        result = local_runner.run(config)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except runners.PipelineFailed as e:
+    except local_runner.PipelineFailed as e:
         if e.data_problem:
             print(f"error: {e.data_problem}", file=sys.stderr)
             return 2
@@ -449,6 +377,136 @@ def main(argv=None) -> int:
     _print_summary(result, config)
     print(f"total {time.time() - start:.0f} s")
     return 0 if result.pushed else 1
+
+
+def cmd_compile(args, parser) -> int:
+    """Writes the Kubeflow Pipelines v2 spec."""
+    _quiet(args.verbose)
+    config = config_from_args(args, parser)
+    from components.ingest.formats import DataError
+    from pipeline import kubeflow_runner
+
+    try:
+        spec = kubeflow_runner.compile_spec(config, args.pipeline_root, args.image, args.spec)
+    except (DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.spec}: {len(spec['pipelineSpec']['root']['dag']['tasks'])} components, "
+          f"image {args.image}, pipeline root {args.pipeline_root}")
+    return 0
+
+
+def cmd_submit(args, parser) -> int:
+    """Uploads a compiled spec to Kubeflow Pipelines and starts a run."""
+    if not os.path.isfile(args.spec):
+        print(f"error: --spec {args.spec}: no such file; write it with `python -m pipeline compile`", file=sys.stderr)
+        return 2
+    _quiet(False)
+    from pipeline import kubeflow_runner
+
+    try:
+        run_id = kubeflow_runner.submit(args.spec, args.host, args.experiment, args.run_name, args.namespace,
+                                        args.token)
+    except Exception as e:  # kfp raises connection, auth and API errors of many types
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        print(f"error: could not submit to {args.host}: {type(e).__name__}: {first_line}", file=sys.stderr)
+        return 1
+    print(f"submitted: run {run_id} in experiment {args.experiment} at {args.host}")
+    return 0
+
+
+def cmd_report(args, parser) -> int:
+    """Rebuilds the HTML report of the latest run."""
+    if not os.path.exists(cfg.PipelineConfig(output_dir=args.output).metadata_path):
+        print(f"error: no runs under {args.output}; run `python -m pipeline run` first", file=sys.stderr)
+        return 2
+    _quiet(False)
+    from pipeline import lineage, report
+
+    try:
+        path = report.build(args.output, args.model_name)
+    except lineage.NoRuns as e:
+        print(f"error: {e}; pass the --model-name of a pipeline run under {args.output}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open("file://" + os.path.abspath(path))
+    return 0
+
+
+def cmd_tensorboard(args, parser) -> int:
+    """Serves TensorBoard on the Trainer's, Compressor's and Tuner's logs (replaces this process)."""
+    from pipeline import dag
+
+    root = cfg.PipelineConfig(output_dir=args.output).pipeline_root
+    logdirs = {"trainer": os.path.join(root, dag.TRAINER, "model_run"),
+               "compressor": os.path.join(root, dag.COMPRESSOR, "model_run"),
+               "tuner": os.path.join(root, dag.TUNER, "hparams")}
+    if not any(os.path.isdir(d) for d in logdirs.values()):
+        print(f"error: no Trainer runs under {root}; run `python -m pipeline run` first", file=sys.stderr)
+        return 2
+    spec = ",".join(f"{name}:{d}" for name, d in logdirs.items() if os.path.isdir(d))
+    os.execvp(sys.executable, [sys.executable, "-m", "tensorboard.main", "--logdir_spec", spec,
+                               "--host", args.host, "--port", str(args.port)])
+
+
+def _parser() -> tuple:
+    """The parser and its subcommands' parsers by name."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands, named = parser.add_subparsers(dest="command", required=True), {}
+
+    def command(name, function, help, epilog=EXAMPLES):
+        sub = commands.add_parser(name, help=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.set_defaults(function=function)
+        named[name] = sub
+        return sub
+
+    run = command("run", cmd_run, "run the pipeline locally (LocalDagRunner)")
+    add_settings(run)
+    run.add_argument("--runner", choices=["local", "kubeflow-local"], default="local",
+                     help="local: TFX's LocalDagRunner (default); kubeflow-local: compile for Kubeflow Pipelines and "
+                          "execute the compiled spec here, each task through its container command")
+    comp = command("compile", cmd_compile, "write a Kubeflow Pipelines v2 spec")
+    add_settings(comp, skip=("output_dir",))
+    comp.add_argument("--runner", choices=["kubeflow"], default="kubeflow")
+    comp.add_argument("--pipeline-root", required=True, help="e.g. gs://bucket/pipeline_root")
+    comp.add_argument("--image", required=True, help="container image built from the Dockerfile")
+    comp.add_argument("--output", dest="spec", required=True, metavar="FILE.json")
+    sub = command("submit", cmd_submit, "upload a compiled spec to Kubeflow Pipelines and start a run",
+                  "example:\n  python -m pipeline submit --spec digits.json --host https://kfp.example.com "
+                  "--experiment digits\n\nAuthentication: --token (or KF_PIPELINES_TOKEN); an in-cluster or "
+                  "kubeconfig service account; or, on GCP, the host's IAP/gcloud credentials that kfp.Client picks up.")
+    sub.add_argument("--spec", required=True, metavar="FILE.json", help="written by `compile`")
+    sub.add_argument("--host", required=True, help="the KFP API server, e.g. http://localhost:8080")
+    sub.add_argument("--experiment", default="Default", help="experiment name (default Default)")
+    sub.add_argument("--run-name", help="default: the pipeline's name")
+    sub.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
+    sub.add_argument("--token", default=os.environ.get("KF_PIPELINES_TOKEN"),
+                     help="bearer token (default: $KF_PIPELINES_TOKEN)")
+    rep = command("report", cmd_report, "rebuild (and open) the HTML report of the latest run",
+                  "example:\n  python -m pipeline report --output artifacts --open")
+    rep.add_argument("--output", default="artifacts")
+    rep.add_argument("--model-name", default=cfg.BUNDLED_NAME, help=f"pipeline name (default: {cfg.BUNDLED_NAME})")
+    rep.add_argument("--run", default="latest", choices=["latest"], help="which run (only the latest is kept)")
+    rep.add_argument("--open", action="store_true", help="open it in the default browser")
+    board = command("tensorboard", cmd_tensorboard, "serve TensorBoard on every Trainer run",
+                    "example:\n  python -m pipeline tensorboard --output artifacts --port 6006")
+    board.add_argument("--output", default="artifacts")
+    board.add_argument("--port", type=int, default=6006)
+    board.add_argument("--host", default="127.0.0.1")
+    return parser, named
+
+
+def main(argv=None) -> int:
+    parser, commands = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    command = commands[args.command]
+    if unknown:  # argparse would blame the top-level parser and show its usage; show the command's
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args.function(args, command)
 
 
 if __name__ == "__main__":

@@ -130,6 +130,11 @@ class PipelineConfig:
     def report_dir(self) -> str:
         return os.path.abspath(os.path.join(self.output_dir, "report"))
 
+    @property
+    def data_facts_path(self) -> str:
+        """What the probe found and decided about the data (for the run report)."""
+        return os.path.join(self.report_dir, "data.txt")
+
     def trainer_config(self, image_shape, class_names) -> dict:
         """The settings the Trainer's run_fn receives as custom_config: hyperparameters with the choices that
         depend on the data made (network, its epoch budget, augmentation)."""

@@ -19,9 +19,15 @@ from components.compressor import Compressor
 from components.ingest.formats import DataFacts
 from pipeline.config import PipelineConfig
 
-# Component ids, used by the runners and the CLI to find outputs.
+# Component ids: the runners, lineage reads, the CLI and the report find outputs by them.
+EXAMPLE_GEN, STATISTICS_GEN, EXAMPLE_VALIDATOR, TRANSFORM = (
+    "FileBasedExampleGen", "StatisticsGen", "ExampleValidator", "Transform")
 TUNER, TRAINER, COMPRESSOR, EVALUATOR, GATE, CANARY, PUSHER = (
     "Tuner", "Trainer", "Compressor", "Evaluator", "QualityGate", "Canary", "Pusher")
+# From a pushed model back to the examples its float model was trained on: (component, its input key), each
+# input produced by the next component. Warm start reads this walk (pipeline/lineage.py);
+# tests/pipeline/test_dag.py checks that create_pipeline wires exactly these inputs.
+PUSHED_MODEL_LINEAGE = ((PUSHER, "model"), (COMPRESSOR, "model"), (TRAINER, "examples"))
 
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
@@ -62,11 +68,11 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
     """
     example_gen = ingest.ImageExampleGen(
         input_base=data.path, input_pattern=data.input_pattern, data_config=data.example_gen_config(),
-        buckets=config.eval_fraction_buckets)
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+        buckets=config.eval_fraction_buckets).with_id(EXAMPLE_GEN)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"]).with_id(STATISTICS_GEN)
     schema_gen = schema.ConfigSchemaGen(class_names=json.dumps(list(data.class_names)))
     example_validator = tfx.components.ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]).with_id(EXAMPLE_VALIDATOR)
     data_gate = gates.DataGate(anomalies=example_validator.outputs["anomalies"])
 
     # The transform graph decodes and resizes; its output is not materialized (a decoded image is many times
@@ -74,7 +80,8 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn="models.preprocessing.preprocessing_fn", materialize=False, disable_statistics=True,
-        custom_config={"image_shape": list(data.image_shape), "max_image_pixels": data.max_image_pixels})
+        custom_config={"image_shape": list(data.image_shape), "max_image_pixels": data.max_image_pixels}
+    ).with_id(TRANSFORM)
     transform.add_upstream_node(data_gate)  # no training on data with anomalies
 
     optional = []  # nodes that only some settings add

@@ -14,7 +14,7 @@ from typing import List
 
 from components.compressor.report import MODEL_STAGES, PLOT
 from pipeline import dag
-from pipeline.runners import DATA_FACTS, RunResult, latest_run
+from pipeline.lineage import RunResult, latest_run
 
 
 
@@ -33,7 +33,7 @@ def _table(header: List[str], rows: List[list], css: str = "") -> str:
     return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def data_section(result: RunResult, report_dir: str) -> str:
+def data_section(result: RunResult, data_facts_path: str) -> str:
     """What the probe found and decided, then per split: example count and examples per class
     (from StatisticsGen's statistics of the class_name feature)."""
     import matplotlib
@@ -43,10 +43,10 @@ def data_section(result: RunResult, report_dir: str) -> str:
     import tensorflow_data_validation as tfdv
 
     facts = ""
-    if os.path.exists(os.path.join(report_dir, DATA_FACTS)):
-        with open(os.path.join(report_dir, DATA_FACTS)) as f:
+    if os.path.exists(data_facts_path):
+        with open(data_facts_path) as f:
             facts = f'<pre id="data-facts">{html.escape(f.read())}</pre>'
-    uri = result.uri("StatisticsGen", "statistics")
+    uri = result.uri(dag.STATISTICS_GEN, "statistics")
     if uri is None:
         return facts + "<p>No statistics (StatisticsGen did not run).</p>"
     rows, counts = [], {}
@@ -79,7 +79,7 @@ def data_section(result: RunResult, report_dir: str) -> str:
 def anomalies_section(result: RunResult) -> str:
     from components.gates import describe_anomalies
 
-    artifact = result.artifacts.get(("ExampleValidator", "anomalies"))
+    artifact = result.artifacts.get((dag.EXAMPLE_VALIDATOR, "anomalies"))
     if artifact is None:
         return "<p>ExampleValidator did not run.</p>"
     split_names = artifact.properties["split_names"].string_value
@@ -264,7 +264,7 @@ def images_section(result: RunResult) -> str:
                          + (", augmented" if (result.training or {}).get("augment") else "") + ")</h3>"
                          + f'<img id="training-images" alt="training images" style="image-rendering:pixelated;'
                          f'min-width:480px" src="data:image/png;base64,{base64.b64encode(f.read()).decode()}">')
-    model_uri, examples_uri = result.uri(dag.COMPRESSOR, "compressed_model"), result.uri("FileBasedExampleGen",
+    model_uri, examples_uri = result.uri(dag.COMPRESSOR, "compressed_model"), result.uri(dag.EXAMPLE_GEN,
                                                                                          "examples")
     if not model_uri or not examples_uri:
         return "".join(parts) or "<p>No model to show.</p>"
@@ -336,7 +336,7 @@ def build(output_dir: str, pipeline_name: str) -> str:
     result = latest_run(paths.metadata_path, pipeline_name)
     components = _table(["component", "state", "seconds"],
                         [[c.name, c.state, f"{c.seconds:.1f}"] for c in result.components])
-    sections = [("Components", components), ("Data", data_section(result, paths.report_dir)), ("Anomalies", anomalies_section(result)),
+    sections = [("Components", components), ("Data", data_section(result, paths.data_facts_path)), ("Anomalies", anomalies_section(result)),
                 ("Provenance", provenance_section(result)), ("Training", curves_section(result)),
                 ("Compression", compression_section(result)),
                 ("Evaluation", evaluation_section(result)), ("Images", images_section(result)),

@@ -28,10 +28,10 @@ def e2e_config(output_dir, **compression_overrides):
 @pytest.fixture(scope="session")
 def first_run(tmp_path_factory):
     """One real pipeline run on the bundled digits, shared by every test that needs its artifacts."""
-    from pipeline import runners
+    from pipeline import local_runner
 
     output = tmp_path_factory.mktemp("e2e")
-    return output, runners.run_local(e2e_config(output))
+    return output, local_runner.run(e2e_config(output))
 
 
 def tfx_artifact(artifact_type, uri: str, splits=None):

@@ -18,7 +18,7 @@ from PIL import Image
 
 from components.ingest import formats
 from models import compression
-from pipeline import runners
+from pipeline import local_runner
 from tests.conftest import TARGET_SPARSITY, e2e_config
 
 pytestmark = pytest.mark.e2e
@@ -113,13 +113,13 @@ def test_int8_tflite_runs_with_int8_weights_within_budget(first_run):
 
 def test_unchanged_rerun_hits_the_cache(first_run):
     output, _ = first_run
-    result = runners.run_local(make_config(output))
+    result = local_runner.run(make_config(output))
     states = {c.name: c.state for c in result.components}
     for name in ("FileBasedExampleGen", "StatisticsGen", "Transform", "Trainer", "Compressor"):
         assert states[name] == "CACHED", states
     # The first rerun's Evaluator has a new input (the model just blessed is now the baseline);
     # a second unchanged rerun reuses everything.
-    result = runners.run_local(make_config(output))
+    result = local_runner.run(make_config(output))
     states = {c.name: c.state for c in result.components if c.name != "latest_pushed_model_resolver"}
     assert set(states.values()) == {"CACHED"}, states
 
@@ -127,7 +127,7 @@ def test_unchanged_rerun_hits_the_cache(first_run):
 def test_impossible_budget_refuses_the_push_and_says_why(first_run):
     output, _ = first_run
     before = sorted(os.listdir(os.path.join(output, "serving", "digits")))
-    result = runners.run_local(make_config(output, max_accuracy_drop=-1.0))
+    result = local_runner.run(make_config(output, max_accuracy_drop=-1.0))
     assert not result.pushed
     assert "more than the budget of -100.00 points" in result.refusal
     states = {c.name: c.state for c in result.components}
@@ -137,7 +137,7 @@ def test_impossible_budget_refuses_the_push_and_says_why(first_run):
 
 def test_changing_target_sparsity_reruns_the_compressor_not_the_trainer(first_run):
     output, first = first_run
-    result = runners.run_local(make_config(output, target_sparsity=0.5))
+    result = local_runner.run(make_config(output, target_sparsity=0.5))
     states = {c.name: c.state for c in result.components}
     assert states["Trainer"] == states["Transform"] == "CACHED", states
     for name in ("Compressor", "Evaluator", "QualityGate", "Canary", "Pusher"):
@@ -155,10 +155,10 @@ def test_class_floor_applies_only_to_classes_with_enough_eval_examples(first_run
     config = make_config(output)
     config.thresholds.min_class_accuracy = 1.0  # every class with one error misses it
     config.thresholds.min_slice_examples = 10_000  # ... but no class has that many eval examples
-    result = runners.run_local(config)
+    result = local_runner.run(config)
     assert result.pushed, result.refusal
     config.thresholds.min_slice_examples = 1
-    result = runners.run_local(config)
+    result = local_runner.run(config)
     assert not result.pushed
     failing = re.findall(r"class '(\d)': accuracy (0\.\d+), needs >= 1 \((\d+) eval examples\)", result.refusal)
     assert failing, result.refusal
@@ -178,7 +178,7 @@ def test_report_for_a_pipeline_without_runs_is_an_error(first_run):
 
 def test_same_seed_gives_the_same_metrics_for_every_stage(first_run, tmp_path):
     _, first = first_run
-    again = runners.run_local(make_config(tmp_path))
+    again = local_runner.run(make_config(tmp_path))
     assert {c.state for c in again.components if c.name != "latest_pushed_model_resolver"} == {"COMPLETE"}
     for stage, metrics in first.compression_report.stages.items():
         assert again.compression_report.stages[stage].accuracy == metrics.accuracy, stage
@@ -188,7 +188,7 @@ def test_same_seed_gives_the_same_metrics_for_every_stage(first_run, tmp_path):
 def test_second_span_warm_starts_and_is_compared_with_the_served_model(first_run):
     output, first = first_run
     formats.write_digits(os.path.join(output, "data", "digits"), span=2, seed=7)
-    result = runners.run_local(make_config(output))
+    result = local_runner.run(make_config(output))
     states = {c.name: c.state for c in result.components}
     assert states["FileBasedExampleGen"] == states["Trainer"] == "COMPLETE", states
     # Warm start: the Trainer received the float model behind the latest pushed version as its base_model,
@@ -204,7 +204,7 @@ def test_second_span_warm_starts_and_is_compared_with_the_served_model(first_run
     served_on_new_span = slice_metrics(result.uri("Evaluator", "evaluation"))["overall"]["served_accuracy"]
     assert result.compression_report.stages["baseline"].accuracy >= served_on_new_span
     # An unchanged rerun warm-starts from the same pinned model: the Trainer stays cached.
-    again = runners.run_local(make_config(output))
+    again = local_runner.run(make_config(output))
     assert {c.name: c.state for c in again.components}["Trainer"] == "CACHED"
     blessing = glob.glob(os.path.join(output, "pipeline_root", "Evaluator", "evaluation", "*"))
     assert blessing

@@ -1,5 +1,5 @@
 """The compiled Kubeflow spec, executed: every task through its own container command and arguments
-(pipeline.kubeflow_local), and the parts of `submit` and of the image that run without a cluster."""
+(pipeline.kubeflow_runner), and the parts of `submit` and of the image that run without a cluster."""
 import json
 import os
 import socket
@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from pipeline import kubeflow_local, runners
+from pipeline import kubeflow_runner
 from tests.conftest import e2e_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _compiled(tmp_path):
     out = tmp_path / "spec.json"
-    runners.compile_kubeflow(e2e_config(tmp_path), "gs://bucket/root", "img:1", str(out))
+    kubeflow_runner.compile_spec(e2e_config(tmp_path), "gs://bucket/root", "img:1", str(out))
     with open(out) as f:
         return out, json.load(f)["pipelineSpec"]
 
@@ -40,7 +40,7 @@ def test_every_module_and_class_the_spec_names_imports_as_named(tmp_path):
     for component in spec["components"].values():
         for direction in ("inputDefinitions", "outputDefinitions"):
             for artifact in component.get(direction, {}).get("artifacts", {}).values():
-                title = kubeflow_local._schema_title(artifact["artifactType"])
+                title = kubeflow_runner._schema_title(artifact["artifactType"])
                 if not title.startswith("tfx."):
                     classes.add(title)  # custom types: TFX's entrypoint imports the schema title
     assert {"tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor",
@@ -57,9 +57,9 @@ def test_every_module_and_class_the_spec_names_imports_as_named(tmp_path):
 def test_task_order_and_resolver_filters():
     tasks = {"b": {"dependentTasks": ["a"]}, "a": {},
              "c": {"inputs": {"artifacts": {"x": {"taskOutputArtifact": {"producerTask": "b"}}}}}}
-    assert kubeflow_local._order(tasks) == ["a", "b", "c"]
+    assert kubeflow_runner._order(tasks) == ["a", "b", "c"]
     with pytest.raises(ValueError, match="cycle"):
-        kubeflow_local._order({"a": {"dependentTasks": ["b"]}, "b": {"dependentTasks": ["a"]}})
+        kubeflow_runner._order({"a": {"dependentTasks": ["b"]}, "b": {"dependentTasks": ["a"]}})
 
 
 def test_submit_without_a_server_fails_clearly(tmp_path):
@@ -86,12 +86,12 @@ def test_compiled_spec_runs_end_to_end_and_a_second_run_resolves_the_pushed_mode
     config.hparams.epochs, config.compression.prune_epochs = 3, 1
     config.compression.max_accuracy_drop = 0.05  # the launcher contract is under test here, not compression:
     # 3 + 1 epochs leave the pruned model 1-2 points short of a 1-point budget on some splits
-    first = runners.run_kubeflow_local(config)
+    first = kubeflow_runner.run_here(config)
     assert first.pushed_dir and os.path.isfile(os.path.join(first.pushed_dir, "saved_model.pb")), first.refusal
     assert os.path.dirname(first.pushed_dir) == config.serving_dir
     assert first.outputs["latest_pushed_model_resolver-model-resolver"]["model"] == []  # nothing served yet
 
-    second = runners.run_kubeflow_local(config)
+    second = kubeflow_runner.run_here(config)
     assert second.pushed_dir and second.pushed_dir != first.pushed_dir, second.refusal
     resolved = second.outputs["latest_pushed_model_resolver-model-resolver"]["model"]
     assert [a["uri"] for a in resolved] == [first.outputs["Compressor"]["compressed_model"][0]["uri"]]

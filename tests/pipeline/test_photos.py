@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from benchmarks.photos import write_photo_folder
-from pipeline import runners
+from pipeline import lineage
 
 pytestmark = pytest.mark.e2e
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,7 +36,7 @@ def test_a_colour_folder_gets_the_bn_pooling_net_with_augmentation_and_its_own_n
     folder, out, stdout = photo_run
     assert "network convnet; augmentation on" in stdout
     assert os.listdir(out / "serving" / "my_photos")  # the model is named after the data folder
-    result = runners.latest_run(str(out / "metadata.sqlite"), "my_photos")
+    result = lineage.latest_run(str(out / "metadata.sqlite"), "my_photos")
     assert result.pushed and result.training["network"] == "convnet" and result.training["augment"] is True
 
 
@@ -49,7 +49,7 @@ def test_photos_stay_encoded_in_examplegen_and_transform(photo_run):
 
 def test_no_randomness_in_any_served_signature(photo_run):
     folder, out, _ = photo_run
-    result = runners.latest_run(str(out / "metadata.sqlite"), "my_photos")
+    result = lineage.latest_run(str(out / "metadata.sqlite"), "my_photos")
     model = tf.saved_model.load(result.pushed_dir)
     files = sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names)[:6]
     images = tf.constant([open(f, "rb").read() for f in files])
@@ -70,7 +70,7 @@ def test_report_shows_training_images_the_confusion_matrix_and_the_worst_eval_im
     page = open(report.build(str(out), "my_photos")).read()
     for element in ("training-images", "confusion-matrix", "worst-images"):
         assert f'id="{element}"' in page, element
-    result = runners.latest_run(str(out / "metadata.sqlite"), "my_photos")
+    result = lineage.latest_run(str(out / "metadata.sqlite"), "my_photos")
     classes, counts = report._confusion(result.uri("Evaluator", "evaluation"))
     eval_examples = sum(1 for f in tf.io.gfile.glob(os.path.join(result.uri("FileBasedExampleGen", "examples"),
                                                                  "Split-eval", "*"))
@@ -82,7 +82,7 @@ def test_report_shows_training_images_the_confusion_matrix_and_the_worst_eval_im
 def test_a_pushed_version_is_the_base_model_for_other_classes(photo_run, tmp_path):
     """Pretrain once, fine-tune many times: the pushed folder itself is a --base-model for another data set."""
     _, out, _ = photo_run
-    result = runners.latest_run(str(out / "metadata.sqlite"), "my_photos")
+    result = lineage.latest_run(str(out / "metadata.sqlite"), "my_photos")
     other = write_photo_folder(str(tmp_path / "other_shapes"), 60, classes=8, sizes=(32, 40), seed=9)
     for name in ("circle", "square", "triangle", "star", "cross"):  # keep ring, bar, diamond: 3 other classes
         for f in os.listdir(os.path.join(other, name)):
@@ -94,6 +94,6 @@ def test_a_pushed_version_is_the_base_model_for_other_classes(photo_run, tmp_pat
          "--no-prune", "--no-qat", "--min-accuracy", "0", "--min-class-accuracy", "0", "--max-regression", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=900, env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    tuned = runners.latest_run(str(tmp_path / "out" / "metadata.sqlite"), "other_shapes")
+    tuned = lineage.latest_run(str(tmp_path / "out" / "metadata.sqlite"), "other_shapes")
     assert "5 outputs and this data 3 classes" in tuned.training["head_replaced"]
     assert [e["phase"] for e in tuned.training["epochs"]] == ["new head, base frozen"] * 2 + ["fine-tune all layers"]

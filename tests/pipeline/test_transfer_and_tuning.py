@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from components.ingest import formats
-from pipeline import runners
+from pipeline import local_runner
 from pipeline.config import PipelineConfig
 
 pytestmark = pytest.mark.e2e
@@ -58,7 +58,7 @@ def few_shot_run(output, data, base_model=None):
     config.eval_fraction_buckets = (2, 1)  # 15 examples: a 4:1 hash split leaves the eval split empty
     config.compression.prune = config.compression.qat = False
     config.thresholds.min_accuracy = 0.0
-    return runners.run_local(config)
+    return local_runner.run(config)
 
 
 def test_base_model_onto_new_classes_gets_a_new_head_and_beats_training_from_scratch(base_model_on_0_to_4,
@@ -108,7 +108,7 @@ def test_two_trial_search_feeds_its_best_hyperparameters_to_the_trainer(tmp_path
     config.tuning.enabled, config.tuning.trials, config.tuning.trial_epochs = True, 2, 2
     config.hparams.epochs = 3
     config.compression.prune = config.compression.qat = False
-    result = runners.run_local(config)
+    result = local_runner.run(config)
     states = {c.name: c.state for c in result.components}
     assert states["Tuner"] == states["Trainer"] == "COMPLETE", states
     with open(os.path.join(result.uri("Tuner", "best_hyperparameters"), "best_hyperparameters.txt")) as f:

@@ -1,7 +1,8 @@
-"""Runs a compiled Kubeflow Pipelines v2 spec on this machine, the way the KFP launcher runs it.
+"""Kubeflow Pipelines: compile the pipeline to a KFP v2 spec, submit it to a cluster, or execute the
+compiled spec on this machine the way the KFP launcher runs it (`--runner kubeflow-local`).
 
-Each task runs in dependency order as its own process with the exact container command and
-arguments of the spec (TFX's `kubeflow_v2_run_executor`, the ExampleGen driver as its
+Executing here: each task runs in dependency order as its own process with the exact container
+command and arguments of the spec (TFX's `kubeflow_v2_run_executor`, the ExampleGen driver as its
 `preCacheCheck`); `{{$}}` becomes an ExecutorInput JSON built from the task's parameters and the
 artifacts produced so far, and the ExecutorOutput each task writes updates those artifacts.
 Importer tasks import their URI; resolver tasks answer their `outputArtifactQueries` filters from
@@ -12,6 +13,7 @@ metadata service (here a JSON file, `ARTIFACTS`), and remote storage (here a loc
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,6 +25,12 @@ from typing import Dict, List, Optional
 
 import yaml
 
+from components.ingest import formats
+from pipeline import dag
+from pipeline.config import PipelineConfig
+from pipeline.local_runner import local_beam_args, prepare_data
+
+BUNDLED_DATA_IN_IMAGE = "/pipeline/data/digits"  # where the Dockerfile writes the bundled digits
 ARTIFACTS = "kfp_local_artifacts.json"  # every artifact produced under the pipeline root, oldest first
 log = logging.getLogger(__name__)
 
@@ -130,7 +138,7 @@ def _placeholders(text: str, inputs: Dict[str, List[dict]]) -> str:
     return re.sub(r"\{\{\$\.inputs\.artifacts\['([^']+)'\]\.metadata\['([^']+)'\]\}\}", value, text)
 
 
-def run(spec_file: str, pipeline_root: str, beam_args: Optional[List[str]] = None) -> Dict[str, Dict[str, list]]:
+def execute(spec_file: str, pipeline_root: str, beam_args: Optional[List[str]] = None) -> Dict[str, Dict[str, list]]:
     """Executes every task of a compiled PipelineJob JSON; returns task → output key → artifacts."""
     with open(spec_file) as f:
         job = json.load(f)
@@ -208,3 +216,93 @@ def run(spec_file: str, pipeline_root: str, beam_args: Optional[List[str]] = Non
         outputs[name] = produced
         log.info("%s: done in %.1f s", name, time.time() - started)
     return outputs
+
+
+def _compile_data(config: PipelineConfig) -> formats.DataFacts:
+    """What a compiled pipeline reads: the bundled digits in the image, local data probed, remote data as stated."""
+    spec = config.data
+    if spec.path is None:  # the bundled digits, baked into the image by the Dockerfile
+        return formats.DataFacts(path=BUNDLED_DATA_IN_IMAGE, format="tfrecord", input_pattern="span-{SPAN}/*",
+                                 image_shape=formats.DIGITS_SHAPE, class_names=formats.DIGITS_CLASSES)
+    if "://" not in spec.path:  # local data can be probed; remote data must be described
+        return prepare_data(config)
+    missing = [f for f, v in (("--image-shape", spec.image_shape),
+                              ("--num-classes or --class-names", spec.num_classes or spec.class_names),
+                              ("--input-pattern", spec.input_pattern), ("--format", spec.format != "auto"))
+               if not v]
+    if missing:
+        raise ValueError(f"data at {spec.path} cannot be read while compiling; pass {', '.join(missing)}.")
+    return formats.DataFacts(path=spec.path, format=spec.format, input_pattern=spec.input_pattern,
+                             image_shape=tuple(spec.image_shape),
+                             class_names=tuple(spec.class_names or (str(i) for i in range(spec.num_classes))),
+                             image_feature=spec.image_feature, label_feature=spec.label_feature)
+
+
+def compile_spec(config: PipelineConfig, pipeline_root: str, image: str, output_file: str,
+                     serving_dir: Optional[str] = None, data: Optional[formats.DataFacts] = None) -> Dict:
+    """Writes a Kubeflow Pipelines v2 spec (JSON) offline; returns it parsed. The Pusher pushes to
+    `serving_dir` (default <pipeline_root>/serving/<model>); `data` is what the pipeline reads (default:
+    found from config.data)."""
+    from tfx import v1 as tfx
+
+    data = data or _compile_data(config)
+    pipeline = dag.create_pipeline(config, data, pipeline_root=pipeline_root, beam_args=config.beam_args,
+                                   serving_dir=serving_dir or os.path.join(pipeline_root, "serving", config.model_name))
+    output_dir, filename = os.path.split(os.path.abspath(output_file))
+    os.makedirs(output_dir, exist_ok=True)
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        # Pipeline spec 2.1: parameters as plain values (`parameterValues`), which is what the KFP v2 launcher
+        # hands a task and what the ExampleGen driver writes; under 2.0 the executor reads the deprecated
+        # `parameters` field and loses the driver's span-resolved input_config (found by running the spec).
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image,
+                                                                      use_pipeline_spec_2_1=True),
+        output_dir=output_dir, output_filename=filename + ".tmp")
+    runner.run(pipeline)
+    os.replace(os.path.join(output_dir, filename + ".tmp"), os.path.join(output_dir, filename))
+    with open(os.path.join(output_dir, filename)) as f:
+        return json.load(f)
+
+
+@dataclasses.dataclass
+class KubeflowLocalResult:
+    spec_file: str
+    pushed_dir: Optional[str]  # None: not pushed
+    refusal: str
+    outputs: Dict[str, Dict[str, list]]  # task → output key → artifacts (as `execute` records them)
+
+
+def run_here(config: PipelineConfig) -> KubeflowLocalResult:
+    """Compiles the pipeline for Kubeflow and executes the compiled spec here (`execute`):
+    every task through its container command, artifacts under <output>/kubeflow_root."""
+    data = prepare_data(config)  # writes the bundled digits when no --data is given
+    log.info("%s", data.describe())
+    root = os.path.abspath(os.path.join(config.output_dir, "kubeflow_root"))
+    spec_file = os.path.join(root, "pipeline.json")
+    compile_spec(config, root, image="local", output_file=spec_file, serving_dir=config.serving_dir, data=data)
+    outputs = execute(spec_file, root, beam_args=local_beam_args(config, data))
+    pushed = outputs.get(dag.PUSHER, {}).get("pushed_model", [{}])[0].get("metadata", {})
+    gate = outputs.get(dag.GATE, {}).get("blessing", [{}])[0].get("metadata", {})
+    canary = outputs.get(dag.CANARY, {}).get("blessing", [{}])[0].get("metadata", {})
+    return KubeflowLocalResult(
+        spec_file=spec_file, pushed_dir=pushed.get("pushed_destination") if pushed.get("pushed") else None,
+        refusal="\n".join(r for r in (gate.get("reason"), canary.get("reason")) if r), outputs=outputs)
+
+
+def submit(spec_file: str, host: str, experiment: str, run_name: Optional[str] = None,
+                    namespace: Optional[str] = None, existing_token: Optional[str] = None) -> str:
+    """Uploads a compiled spec to the KFP API server at `host` and starts a run; returns the run id."""
+    import kfp
+    import yaml
+
+    with open(spec_file) as f:
+        job = json.load(f)
+    package = os.path.splitext(spec_file)[0] + ".pipeline.yaml"  # KFP's client takes the PipelineSpec as YAML
+    with open(package + ".tmp", "w") as f:
+        yaml.safe_dump(job.get("pipelineSpec", job), f, sort_keys=False)
+    os.replace(package + ".tmp", package)
+    client = kfp.Client(host=host, existing_token=existing_token, **({"namespace": namespace} if namespace else {}))
+    run = client.create_run_from_pipeline_package(
+        package, arguments={}, run_name=run_name or job.get("displayName"), experiment_name=experiment,
+        pipeline_root=job.get("runtimeConfig", {}).get("gcsOutputDirectory"),
+        **({"namespace": namespace} if namespace else {}))
+    return run.run_id

@@ -1,0 +1,140 @@
+"""Running the pipeline on this machine: TFX's LocalDagRunner, SQLite ML Metadata, Beam's DirectRunner."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import shutil
+import sys
+from typing import Optional
+
+from components.compressor.report import JSON, MARKDOWN, PLOT
+from components.ingest import formats
+from pipeline import dag, lineage
+from pipeline.config import PipelineConfig
+
+# Local Beam: the DirectRunner's in-memory mode up to this much input data, multi-processing above it.
+# Measured on 2 cores (ExampleGen + StatisticsGen + Transform + Evaluator, in-memory vs. multi-processing):
+# 60,000 28x28 IDX (47 MB) 44 vs. 60 s; 50,000 32x32 RGB TFRecords (150 MB) 79 vs. 102 s, with the same
+# peak RSS (3.8 GB, the Trainer's); bundled digits (0.2 MB), a whole run: 73 vs. 102 s (issue 8's figures). Worker start-up and pickling
+# cost more than two cores give back at every measured size; above 512 MB (not measured) the
+# multi-processing mode's bounded memory per worker is the safer default.
+IN_MEMORY_MAX_BYTES = 512 << 20
+log = logging.getLogger(__name__)
+
+
+def prepare_data(config: PipelineConfig) -> formats.DataFacts:
+    """Resolves the data folder (writing the bundled digits when none is given) and probes it."""
+    spec = config.data
+    if spec.path is None:
+        path = formats.write_digits(os.path.abspath(os.path.join(config.output_dir, "data", "digits")))
+        spec = dataclasses.replace(spec, path=os.path.dirname(path), format="tfrecord")
+    elif "://" not in spec.path:
+        spec = dataclasses.replace(spec, path=os.path.abspath(spec.path))
+    return formats.probe(spec)
+
+
+def local_beam_args(config: PipelineConfig, data: formats.DataFacts) -> list:
+    """The user's --beam-arg values, else the DirectRunner in the mode that suits the data's size."""
+    if config.beam_args:
+        return list(config.beam_args)
+    if data.num_bytes <= IN_MEMORY_MAX_BYTES:
+        args, why = ["--direct_running_mode=in_memory"], "in-memory mode"
+    else:
+        args, why = ["--direct_running_mode=multi_processing", "--direct_num_workers=0"], "multi-processing mode"
+    log.info("Beam: DirectRunner in %s for %.1f MB of input (threshold %d MB; override with --beam-arg)",
+             why, data.num_bytes / 2**20, IN_MEMORY_MAX_BYTES >> 20)
+    return args
+
+
+def choose_base_model(config: PipelineConfig, data: formats.DataFacts) -> Optional[dag.BaseModel]:
+    """--base-model (checked against the data: exit 2 when it cannot read it); else, on a span newer than
+    the one the latest pushed model was trained on, that model's float baseline (warm start); else None."""
+    from models import transfer
+
+    if config.base_model:
+        path = config.base_model if "://" in config.base_model else os.path.abspath(config.base_model)
+        try:
+            transfer.check(transfer.load(transfer.keras_file(path)), data.image_shape)
+        except transfer.IncompatibleBaseModel as e:
+            raise formats.DataError(str(e)) from e
+        return dag.BaseModel(path, f"transfer learning from the base model {path}")
+    if not config.warm_start or not os.path.exists(config.metadata_path):
+        return None
+    for pushed in lineage.pushed_models(config.metadata_path):
+        if pushed["span"] < data.span:
+            try:
+                transfer.check(transfer.load(transfer.keras_file(pushed["float_model_uri"])), data.image_shape)
+            except transfer.IncompatibleBaseModel as e:
+                log.info("Not warm-starting from pushed version %s: %s", pushed["version"], e)
+                return None
+            return dag.BaseModel(pushed["float_model_uri"], f"warm-started from pushed version {pushed['version']} "
+                                                        f"(trained on span {pushed['span']}) for span {data.span}")
+    return None
+
+
+def run(config: PipelineConfig) -> lineage.RunResult:
+    """Runs the whole pipeline with TFX's LocalDagRunner; returns what each component did."""
+    from tfx import v1 as tfx
+
+    data = prepare_data(config)
+    log.info("%s", data.describe())
+    os.makedirs(config.report_dir, exist_ok=True)
+    with open(config.data_facts_path + ".tmp", "w") as f:  # for the run report
+        f.write(data.describe() + "\n")
+    os.replace(config.data_facts_path + ".tmp", config.data_facts_path)
+    base = choose_base_model(config, data)
+    log.info("Trainer: %s", base.description if base else "trains from scratch" + (
+        "" if config.warm_start else " (--no-warm-start)"))
+    os.makedirs(config.output_dir, exist_ok=True)
+    metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
+    pipeline = dag.create_pipeline(config, data, pipeline_root=config.pipeline_root, serving_dir=config.serving_dir,
+                                   beam_args=local_beam_args(config, data), base_model=base,
+                                   metadata_connection_config=metadata)
+    error, argv = None, sys.argv
+    sys.argv = argv[:1]  # Beam executors parse sys.argv as absl flags; the caller's flags are not theirs
+    try:
+        tfx.orchestration.LocalDagRunner().run(pipeline)
+    except Exception as e:  # reported below with what did run
+        error = e
+    finally:
+        sys.argv = argv
+    result = lineage.latest_run(config.metadata_path, config.pipeline_name)
+    if result.compression_report is not None:
+        _publish_report(result, config.report_dir)
+    if error is not None:
+        raise PipelineFailed(result, error) from error
+    return result
+
+
+def data_problem(error: BaseException) -> Optional[str]:
+    """The message of a data problem found while the pipeline ran (by ExampleGen inside Beam, or by the
+    DataGate), else None. Beam may re-raise a worker's error as another type with the message inside."""
+    from components.gates import DataAnomaliesError
+
+    seen = error
+    while seen is not None:
+        if isinstance(seen, (formats.DataError, DataAnomaliesError)):
+            return re.sub(r" \[while running [^\]]*\]$", "", str(seen))
+        seen = seen.__cause__ or seen.__context__
+    match = re.search(r"(?:DataError|DataAnomaliesError): (.*?)(?: \[while running [^\]]*\])?\s*$", str(error), re.S)
+    return match.group(1).strip() if match else None
+
+
+class PipelineFailed(RuntimeError):
+    """A component failed; `data_problem` is the message when the data was the cause."""
+
+    def __init__(self, result: lineage.RunResult, cause: Exception):
+        super().__init__(str(cause))
+        self.result, self.cause, self.data_problem = result, cause, data_problem(cause)
+
+
+def _publish_report(result: lineage.RunResult, report_dir: str) -> None:
+    """Copies the latest run's compression report to <output>/report/ (atomically, file by file)."""
+    source = result.uri(dag.COMPRESSOR, "report")
+    os.makedirs(report_dir, exist_ok=True)
+    for name in (JSON, MARKDOWN, PLOT):
+        if os.path.exists(os.path.join(source, name)):
+            shutil.copyfile(os.path.join(source, name), os.path.join(report_dir, name + ".tmp"))
+            os.replace(os.path.join(report_dir, name + ".tmp"), os.path.join(report_dir, name))
