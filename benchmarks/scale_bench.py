@@ -187,7 +187,8 @@ def measure(name: str, work: str) -> dict:
         c = config.compression
         compressor_config = json.dumps({"prune": 1, "target_sparsity": c.target_sparsity, "prune_epochs": c.prune_epochs,
                                         "qat": 1, "qat_epochs": c.qat_epochs, "batch_size": hp["batch_size"],
-                                        "learning_rate": hp["learning_rate"], "seed": config.seed})
+                                        "learning_rate": hp["learning_rate"], "seed": config.seed,
+                                        "image_shape": json.dumps(list(shape))})
         rss = {"Trainer": peak_rss_alone("Trainer", result, trainer_config, os.path.join(scratch, "t")),
                "Compressor": peak_rss_alone("Compressor", result, compressor_config, os.path.join(scratch, "c"))}
     pushed = result.pushed_dir

@@ -18,6 +18,8 @@ from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 from tfx.v1.dsl.components import InputArtifact, OutputArtifact, Parameter, component
 
+from models import contract
+
 
 def _copy_tree(source: str, target: str) -> None:
     for directory, _, files in tf.io.gfile.walk(source):
@@ -62,13 +64,13 @@ def check_model(serving_path: str, records: list, model_name: str, timeout_s: fl
                 status = rest.status()["model_version_status"][0]["state"]
                 if status != "AVAILABLE":
                     return f"the candidate is {status}, not AVAILABLE, on the server"
-                answers["REST"] = rest.predict({"examples": list(records)})["probabilities"]
+                answers["REST"] = rest.predict({"examples": list(records)})[contract.PROBABILITIES]
                 answers["gRPC"] = GrpcClient(f"127.0.0.1:{grpc_port}", model_name).predict(
-                    {"examples": np.asarray(records, dtype=object)})["probabilities"]
+                    {"examples": np.asarray(records, dtype=object)})[contract.PROBABILITIES]
             except (ServingClientError, KeyError, OSError) as e:
                 return f"the served candidate did not answer serving_default with tf.Examples: {e}"
-            expected = tf.saved_model.load(serving_path).signatures["serving_default"](
-                examples=tf.constant(records))["probabilities"].numpy()
+            expected = tf.saved_model.load(serving_path).signatures[contract.SERVING_DEFAULT](
+                examples=tf.constant(records))[contract.PROBABILITIES].numpy()
             for door, got in answers.items():
                 got = np.asarray(got, dtype=np.float32)
                 if got.shape != expected.shape or not np.allclose(got, expected, atol=1e-4):

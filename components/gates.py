@@ -1,7 +1,8 @@
 """Gates that stop a run: bad data before training; a model under the quality bar before push."""
 import dataclasses
+import json
 import os
-from typing import List
+from typing import List, Optional
 
 import tensorflow as tf
 from tensorflow_metadata.proto.v0 import anomalies_pb2
@@ -9,10 +10,12 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.v1.dsl.components import InputArtifact, OutputArtifact, Parameter, component
 
 from components.compressor.report import MODEL_STAGES, CompressionReport, CompressionReportArtifact
+from models import contract
 
-CLASS_SLICE = "class_name"  # the example feature the Evaluator slices classes on
+CLASS_SLICE = contract.CLASS_NAME_KEY  # the example feature the Evaluator slices classes on
 SERVED_MODEL_CHANGE = " change vs. the served model"  # ends a regression check's metric name
 SPARSITY_TOLERANCE = 0.005  # measured sparsity may fall this far under the target (rounding per layer)
+VERDICT_FILE = "verdict.json"  # in the QualityGate's blessing: every check (a Verdict)
 
 
 class DataAnomaliesError(RuntimeError):
@@ -47,41 +50,86 @@ def DataGate(anomalies: InputArtifact[standard_artifacts.ExampleAnomalies]):
             "--image-shape that match the data) and run again.")
 
 
-def compression_verdict(report: CompressionReport, max_accuracy_drop: float) -> str:
-    """Empty when the served stage is within budget of the baseline and as sparse as asked, else why not."""
-    reasons = []
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One check of the QualityGate: a figure against its bound, and whether it counted."""
+
+    name: str  # "accuracy", "accuracy change vs. the served model", "compression accuracy loss", "weight sparsity"
+    slice: str  # "overall", "class 'zero'", or "compression"
+    value: Optional[float]  # None: the figure does not exist (no model served yet)
+    bound: str  # e.g. ">= 0.9", "<= 0.01"
+    examples: Optional[int]  # eval examples behind the value (None for compression figures)
+    passed: bool
+    judged: bool = True  # False: reported only, it does not decide the blessing
+    why_not_judged: str = ""
+    detail: str = ""  # for a failure: what the figure means and what to do
+
+    def __str__(self) -> str:
+        value = "none" if self.value is None else f"{self.value:.4f}"
+        examples = f" ({self.examples} eval examples)" if self.examples is not None else ""
+        text = f"{self.slice}: {self.name} {value}, needs {self.bound}{examples}"
+        if not self.judged:
+            return text + f" [not judged: {self.why_not_judged}]"
+        return text + (f": {self.detail}" if self.detail and not self.passed else "")
+
+
+@dataclasses.dataclass
+class Verdict:
+    """What the QualityGate decided and every check behind it; stored with its blessing as VERDICT_FILE."""
+
+    blessed: bool
+    checks: List[Check]
+    served_model: str = ""  # the model the regression checks compared with ("" before the first push)
+
+    @property
+    def failed(self) -> List[Check]:
+        return [c for c in self.checks if c.judged and not c.passed]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Verdict":
+        data = json.loads(text)
+        return cls(blessed=data["blessed"], checks=[Check(**c) for c in data["checks"]],
+                   served_model=data.get("served_model", ""))
+
+    @classmethod
+    def load(cls, blessing_uri: str) -> Optional["Verdict"]:
+        path = os.path.join(blessing_uri, VERDICT_FILE)
+        if not tf.io.gfile.exists(path):
+            return None
+        with tf.io.gfile.GFile(path) as f:
+            return cls.from_json(f.read())
+
+
+def compression_checks(report: CompressionReport, max_accuracy_drop: float, target_sparsity: float) -> List[Check]:
+    """The compressed model's accuracy loss against this run's baseline (at most `max_accuracy_drop`) and its
+    measured weight sparsity (at least `target_sparsity`, less SPARSITY_TOLERANCE; 0: pruning was off)."""
     stages = [s for s in MODEL_STAGES if s in report.stages]
     final = report.final_model_stage
     baseline, served = report.stages["baseline"].accuracy, report.stages[final].accuracy
-    if baseline - served > max_accuracy_drop:
-        steps = ", ".join(f"{a}→{b}: {100 * (report.stages[a].accuracy - report.stages[b].accuracy):+.2f} points lost"
-                          for a, b in zip(stages, stages[1:]))
-        reasons.append(f"compression lost {100 * (baseline - served):.2f} accuracy points "
-                       f"(baseline {baseline:.4f} → {final} {served:.4f}; {steps}), more than the budget of "
-                       f"{100 * max_accuracy_drop:.2f} points (--max-accuracy-drop)")
-    if report.target_sparsity is not None:
+    lost = baseline - served
+    steps = ", ".join(f"{a}→{b}: {100 * (report.stages[a].accuracy - report.stages[b].accuracy):+.2f} points lost"
+                      for a, b in zip(stages, stages[1:]))
+    checks = [Check("compression accuracy loss", "compression", lost, f"<= {max_accuracy_drop:g}", None,
+                    passed=lost <= max_accuracy_drop,
+                    detail=f"compression lost {100 * lost:.2f} accuracy points (baseline {baseline:.4f} → {final} "
+                           f"{served:.4f}; {steps}), more than the budget of {100 * max_accuracy_drop:.2f} points "
+                           "(--max-accuracy-drop)")]
+    if target_sparsity > 0:
         measured = report.stages[final].sparsity
-        if measured < report.target_sparsity - SPARSITY_TOLERANCE:
-            reasons.append(f"the {final} model's measured weight sparsity is {measured:.3f}, under the target "
-                           f"sparsity {report.target_sparsity:.3f} (--target-sparsity): pruning did not reach "
-                           "its target; give it more steps (--prune-epochs) or lower the target")
-    return "; ".join(reasons)
+        checks.append(Check("weight sparsity", "compression", measured, f">= {target_sparsity:g}", None,
+                            passed=measured >= target_sparsity - SPARSITY_TOLERANCE,
+                            detail=f"the {final} model's measured weight sparsity is {measured:.3f}, under the "
+                                   f"target sparsity {target_sparsity:.3f} (--target-sparsity): pruning did not "
+                                   "reach its target; give it more steps (--prune-epochs) or lower the target"))
+    return checks
 
 
-@dataclasses.dataclass(frozen=True)
-class FailedCheck:
-    """One Evaluator threshold that a slice missed."""
-
-    slice: str  # "overall" or "class 'zero'"
-    metric: str  # e.g. "accuracy", "accuracy change vs. the served model"
-    value: float
-    threshold: str  # e.g. ">= 0.9"
-    examples: int  # eval examples in the slice
-    judged: bool  # False: a class with fewer than min_slice_examples eval examples (reported only)
-
-    def __str__(self) -> str:
-        text = f"{self.slice}: {self.metric} {self.value:.4f}, needs {self.threshold} ({self.examples} eval examples)"
-        return text if self.judged else text + " [not judged: fewer than --min-slice-examples]"
+def compression_verdict(report: CompressionReport, max_accuracy_drop: float, target_sparsity: float = 0.0) -> str:
+    """Empty when compression stayed within both bounds, else why not (one sentence per failed check)."""
+    return "; ".join(c.detail for c in compression_checks(report, max_accuracy_drop, target_sparsity) if not c.passed)
 
 
 def _slice_name(slice_key) -> str:
@@ -113,26 +161,42 @@ def slice_metrics(evaluation_uri: str) -> dict:
     return dict(sorted(found.items(), key=lambda item: (item[0] != "overall", item[0])))
 
 
-def failed_checks(evaluation_uri: str, min_slice_examples: int) -> List[FailedCheck]:
-    """Every threshold the Evaluator found missed, with the slice's example count; per-class checks of
-    classes with fewer than `min_slice_examples` eval examples are marked not judged."""
+def evaluation_checks(evaluation_uri: str, min_slice_examples: int) -> List[Check]:
+    """Every threshold of the Evaluator's config on every slice it covers, passed or not (as the Evaluator
+    judged it); per-class checks of classes with fewer than `min_slice_examples` eval examples are not judged,
+    and a change threshold before any model is served has no value and is not judged."""
     import tensorflow_model_analysis as tfma
 
-    counts = {name: entry["examples"] for name, entry in slice_metrics(evaluation_uri).items()}
-    checks = []
+    metrics = slice_metrics(evaluation_uri)
+    failures = set()
     for per_slice in tfma.load_validation_result(evaluation_uri).metric_validations_per_slice:
-        name = _slice_name(per_slice.slice_key)
         for failure in per_slice.failures:
-            threshold = failure.metric_threshold
-            metric = failure.metric_key.name.replace("sparse_categorical_", "")
-            if failure.metric_key.is_diff:
-                metric += SERVED_MODEL_CHANGE
-                bound = f">= {threshold.change_threshold.absolute.value:+.4f}"
-            else:
-                bound = f">= {threshold.value_threshold.lower_bound.value:g}"
-            examples = counts.get(name, 0)
-            checks.append(FailedCheck(name, metric, failure.metric_value.double_value.value, bound, examples,
-                                      judged=name == "overall" or examples >= min_slice_examples))
+            failures.add((_slice_name(per_slice.slice_key), failure.metric_key.name, failure.metric_key.is_diff))
+    checks = []
+    for spec in tfma.load_eval_result(evaluation_uri).config.metrics_specs:
+        for metric in spec.metrics:
+            metric_name = metric.class_name  # e.g. SparseCategoricalAccuracy
+            key = "".join("_" + ch.lower() if ch.isupper() else ch for ch in metric_name).lstrip("_")
+            label = key.replace("sparse_categorical_", "")
+            for per_slice in metric.per_slice_thresholds:
+                threshold = per_slice.threshold
+                by_class = any(list(s.feature_keys) == [CLASS_SLICE] for s in per_slice.slicing_specs)
+                for name, m in metrics.items():
+                    if (name != "overall") != by_class:
+                        continue
+                    judged = name == "overall" or m["examples"] >= min_slice_examples
+                    why = "" if judged else f"fewer than --min-slice-examples {min_slice_examples} eval examples"
+                    if threshold.HasField("value_threshold"):
+                        checks.append(Check(label, name, m["accuracy"],
+                                            f">= {threshold.value_threshold.lower_bound.value:g}", m["examples"],
+                                            passed=(name, key, False) not in failures, judged=judged, why_not_judged=why))
+                    if threshold.HasField("change_threshold"):
+                        served = m["served_accuracy"]
+                        change = None if served is None or m["accuracy"] is None else m["accuracy"] - served
+                        checks.append(Check(label + SERVED_MODEL_CHANGE, name, change,
+                                            f">= {threshold.change_threshold.absolute.value:+.4f}", m["examples"],
+                                            passed=(name, key, True) not in failures, judged=judged and served is not None,
+                                            why_not_judged=why or ("" if served is not None else "no model served yet")))
     return checks
 
 
@@ -141,32 +205,35 @@ def QualityGate(report: InputArtifact[CompressionReportArtifact],
                 evaluation: InputArtifact[standard_artifacts.ModelEvaluation],
                 evaluator_blessing: InputArtifact[standard_artifacts.ModelBlessing],
                 blessing: OutputArtifact[standard_artifacts.ModelBlessing],
-                max_accuracy_drop: Parameter[float], min_slice_examples: Parameter[int]):
+                max_accuracy_drop: Parameter[float], target_sparsity: Parameter[float],
+                min_slice_examples: Parameter[int]):
     """Blesses the compressed model when it meets every Evaluator threshold (per-class floors only for classes
     with at least `min_slice_examples` eval examples), compression cost at most `max_accuracy_drop` against
-    this run's baseline, and pruning reached its target sparsity.
+    this run's baseline, and pruning reached `target_sparsity` (0: pruning was off, nothing to check).
 
-    The Pusher reads this blessing. A refusal names every failing check in its `reason` custom property
-    (also in `checks`, one per line, with the checks that were not judged).
+    The Pusher reads this blessing. Every check (name, slice, value, bound, eval examples, passed, judged or
+    why not) is stored with it as VERDICT_FILE (a Verdict); the `reason` custom property names the failed
+    ones, one per line, for people reading ML Metadata.
     """
-    checks = failed_checks(evaluation.uri, min_slice_examples)
-    reasons = [str(c) for c in checks if c.judged]
-    if any(c.judged and c.metric.endswith(SERVED_MODEL_CHANGE) for c in checks):
-        reasons.append(f"compared with the served model "
-                       f"{evaluator_blessing.get_string_custom_property('baseline_model')}")
-    verdict = compression_verdict(CompressionReport.load(report.uri), max_accuracy_drop)
-    if verdict:
-        reasons.append(verdict)
+    checks = evaluation_checks(evaluation.uri, min_slice_examples)
+    checks += compression_checks(CompressionReport.load(report.uri), max_accuracy_drop, target_sparsity)
+    served = evaluator_blessing.get_string_custom_property("baseline_model") \
+        if evaluator_blessing.has_custom_property("baseline_model") else ""
     for key in ("current_model", "current_model_id", "baseline_model", "baseline_model_id"):
         # What the Evaluator compared, as it wrote it: ids are ints under TFX's runners and artifact names
         # (strings) under Kubeflow, where the resolver looks models up by name.
         if evaluator_blessing.has_custom_property(key):
             blessing.mlmd_artifact.custom_properties[key].CopyFrom(
                 evaluator_blessing.mlmd_artifact.custom_properties[key])
-    blessed = not reasons
-    blessing.set_int_custom_property("blessed", int(blessed))
-    blessing.set_string_custom_property("reason", "\n".join(reasons))
-    blessing.set_string_custom_property("checks", "\n".join(str(c) for c in checks))
+    checks = [dataclasses.replace(c, detail=f"compared with the served model {served}")
+              if c.name.endswith(SERVED_MODEL_CHANGE) else c for c in checks]
+    verdict = Verdict(blessed=all(c.passed for c in checks if c.judged), checks=checks, served_model=served)
+    blessing.set_int_custom_property("blessed", int(verdict.blessed))
+    blessing.set_string_custom_property("reason", "\n".join(str(c) for c in verdict.failed))
     tf.io.gfile.makedirs(blessing.uri)
-    with tf.io.gfile.GFile(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w") as f:
-        f.write("\n".join(reasons))
+    with tf.io.gfile.GFile(os.path.join(blessing.uri, VERDICT_FILE + ".tmp"), "w") as f:
+        f.write(verdict.to_json())
+    tf.io.gfile.rename(os.path.join(blessing.uri, VERDICT_FILE + ".tmp"), os.path.join(blessing.uri, VERDICT_FILE),
+                       overwrite=True)
+    with tf.io.gfile.GFile(os.path.join(blessing.uri, "BLESSED" if verdict.blessed else "NOT_BLESSED"), "w") as f:
+        f.write("\n".join(str(c) for c in verdict.failed))

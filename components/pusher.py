@@ -44,7 +44,7 @@ class Executor(pusher_executor.Executor):
         tf.io.gfile.makedirs(record.uri)
         blessing = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_BLESSING_KEY])
         if not self.CheckBlessing(input_dict):
-            self._MarkNotPushed(model_push)
+            model_push.set_int_custom_property("pushed", 0)  # TFX's PushedModel properties, as its Pusher sets them
             if blessing.has_custom_property("baseline_model_id"):  # the model compared with is still served
                 record.set_int_custom_property("blessed", 1)
                 for key in ("current_model", "current_model_id"):
@@ -70,7 +70,9 @@ class Executor(pusher_executor.Executor):
         tf.io.gfile.rename(partial, target)
         log.info("Model pushed to %s", target)
         io_utils.copy_dir(model_path, model_push.uri)  # the archived copy, as TFX's Pusher keeps it
-        self._MarkPushed(model_push, pushed_destination=target, pushed_version=version)
+        model_push.set_int_custom_property("pushed", 1)
+        model_push.set_string_custom_property("pushed_destination", target)
+        model_push.set_string_custom_property("pushed_version", version)
         model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
         record.set_int_custom_property("blessed", 1)
         record.set_string_custom_property("current_model", model.uri)

@@ -13,7 +13,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx.types import standard_artifacts
 from tfx.v1.dsl.components import OutputArtifact, Parameter, component
 
-from models.preprocessing import CLASS_NAME_KEY, IMAGE_KEY, LABEL_KEY
+from models.contract import CLASS_NAME_KEY, IMAGE_KEY, LABEL_KEY
 
 
 def make_schema(class_names) -> schema_pb2.Schema:

@@ -4,7 +4,7 @@ colour photos, off for grey images such as digits (a flipped 2 is not a 2); --au
 import tensorflow as tf
 import tf_keras as keras
 
-from models.preprocessing import IMAGE_KEY
+from models.contract import IMAGE_KEY
 
 ROTATION = 0.1  # fraction of a full turn, either way
 ZOOM = 0.1

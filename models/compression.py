@@ -10,6 +10,8 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
+from models import compat, contract
+
 
 # ----------------------------------------------------------------------------- the stages
 PRUNE_END_FRACTION = 0.7  # of the pruning steps: reach the target, then recover accuracy at it
@@ -185,7 +187,7 @@ def tflite_kernels(tflite_model: bytes):
     interpreter.invoke()
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     kernels = []
-    for op in interpreter._get_ops_details():  # the public API has no op list
+    for op in compat.tflite_ops(interpreter):
         if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and len(op["inputs"]) > 1:
             index = int(op["inputs"][1])
             name = f"{len(kernels)}:{op['op_name'].lower()}:{details[index]['name'].split(';')[0]}"
@@ -221,7 +223,7 @@ def median_latency_ms(call, repeats: int = 50) -> float:
 
 
 def savedmodel_latency_ms(export_dir: str, image_shape) -> float:
-    signature = tf.saved_model.load(export_dir).signatures["predict_pixels"]
+    signature = tf.saved_model.load(export_dir).signatures[contract.PREDICT_PIXELS]
     pixels = tf.zeros([1, *image_shape], tf.float32)
     return median_latency_ms(lambda: signature(pixels=pixels))
 
@@ -257,7 +259,7 @@ def streamed_accuracy(classify, batches) -> float:
     """Accuracy of `classify` (images → class predictions) over (features, labels) batches, streamed."""
     correct = total = 0
     for features, labels in batches:
-        predictions = classify(features["image"])
+        predictions = classify(features[contract.IMAGE_KEY])
         correct += int(np.sum(predictions == np.asarray(labels).reshape(-1)))
         total += len(predictions)
     return correct / max(total, 1)

@@ -8,7 +8,7 @@ from typing import List
 import tensorflow as tf
 from tfx_bsl.public import tfxio
 
-from models.preprocessing import IMAGE_KEY, LABEL_KEY
+from models.contract import IMAGE_KEY, LABEL_KEY
 
 SHUFFLE_BUFFER_BYTES = 64 << 20  # the shuffle buffer holds at most this much of (encoded) examples
 SHUFFLE_BUFFER_MAX = 10_000
@@ -89,5 +89,3 @@ def keras_model_path(model_uri: str) -> str:
     return os.path.join(model_uri, "Format-Keras", "model.keras")
 
 
-PUSHED_FLOAT_MODEL = os.path.join("assets.extra", "float_model.keras")  # in a serving SavedModel: what it was
-# compressed from, so that a pushed version is a --base-model for the next data set (TF Serving ignores it)

@@ -15,12 +15,8 @@ import os
 from typing import Optional
 
 import tf_keras as keras
-from tensorflow.python.autograph.core import config as autograph_config
 
-# AutoGraph leaves `keras` alone but not `tf_keras`: without this it transpiles hundreds of tf_keras
-# functions at every first fit (about 20 s a stage on 2 cores, measured). tf_keras needs no conversion.
-if not any(getattr(rule, "_prefix", None) == "tf_keras" for rule in autograph_config.CONVERSION_RULES):
-    autograph_config.CONVERSION_RULES = (autograph_config.DoNotConvert("tf_keras"),) + autograph_config.CONVERSION_RULES
+from models import contract
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,13 +46,13 @@ def default_network(image_shape) -> str:
 def _head(inputs, features, num_classes: int, dropout: float) -> keras.Model:
     x = keras.layers.Dropout(dropout)(features)
     x = keras.layers.Dense(num_classes, name="head")(x)
-    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    outputs = keras.layers.Activation("softmax", dtype="float32", name=contract.PROBABILITIES)(x)
     return keras.Model(inputs, outputs)
 
 
 def small_cnn(image_shape, num_classes: int, hp) -> keras.Model:
     """hp: conv_filters (one 3x3 conv per entry), dense_units, dropout."""
-    inputs = keras.Input(shape=tuple(image_shape), name="image")
+    inputs = keras.Input(shape=tuple(image_shape), name=contract.IMAGE_KEY)
     x = inputs
     for filters in hp["conv_filters"]:
         x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
@@ -70,7 +66,7 @@ def small_cnn(image_shape, num_classes: int, hp) -> keras.Model:
 
 def convnet(image_shape, num_classes: int, hp) -> keras.Model:
     """hp: convnet_filters (one conv-BN-ReLU-MaxPool block per entry), dropout."""
-    inputs = keras.Input(shape=tuple(image_shape), name="image")
+    inputs = keras.Input(shape=tuple(image_shape), name=contract.IMAGE_KEY)
     x = inputs
     for filters in hp["convnet_filters"]:
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
@@ -103,7 +99,7 @@ def backbone(name: str, image_shape, num_classes: int, hp, weights: Optional[str
     """A keras.applications backbone inlined into one graph (built on this model's own input), global
     average pooling and a new head. weights: a no-top weights file (.h5) or None for random weights."""
     application, _, (scale, offset) = BACKBONES[name]
-    inputs = keras.Input(shape=tuple(image_shape), name="image")
+    inputs = keras.Input(shape=tuple(image_shape), name=contract.IMAGE_KEY)
     x = keras.layers.Rescaling(scale, offset=offset)(inputs)
     if image_shape[2] == 1:  # backbones and their weights read RGB
         x = keras.layers.Concatenate()([x, x, x])

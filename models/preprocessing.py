@@ -12,10 +12,7 @@ nothing to refuse).
 """
 import tensorflow as tf
 
-IMAGE_KEY = "image"
-LABEL_KEY = "label"
-CLASS_NAME_KEY = "class_name"
-MAX_IMAGE_PIXELS = 40_000_000  # default bound on width × height of one encoded image (a 40-megapixel photo)
+from models.contract import IMAGE_KEY, LABEL_KEY, MAX_IMAGE_PIXELS
 
 
 def _unsigned(data, offset: int, size: int, little_endian: bool):

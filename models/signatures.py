@@ -22,7 +22,9 @@ import tempfile
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from models.preprocessing import IMAGE_KEY, scale
+from models.contract import (CLASS_NAME_KEY, CLASS_NAMES_FILE, CLASSES, CLASSIFY, CLASSIFY_METHOD, IMAGE_KEY,
+                             PREDICT_IMAGES, PREDICT_PIXELS, PROBABILITIES, SERVING_DEFAULT)
+from models.preprocessing import scale
 
 
 class _Untracked:
@@ -32,8 +34,6 @@ class _Untracked:
         self.model = model
 
 
-CLASS_NAMES_FILE = "class_names.txt"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
 
 
 def class_names_of(export_dir: str) -> list:
@@ -65,8 +65,8 @@ class ServingModule(tf.Module):
         """images: what the network reads ([N, H, W, C] in [0, 1]) → outputs."""
         probabilities = tf.cast(self._keras.model(images, training=False), tf.float32)
         classes = tf.argmax(probabilities, axis=-1)
-        return {"probabilities": probabilities, "classes": classes,
-                "class_name": tf.gather(self.class_names, classes)}
+        return {PROBABILITIES: probabilities, CLASSES: classes,
+                CLASS_NAME_KEY: tf.gather(self.class_names, classes)}
 
     def _from_encoded(self, images):
         """images: string [N] or [N, 1] of encoded images → outputs, through the transform graph."""
@@ -78,7 +78,7 @@ class ServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
     def classify(self, inputs):
-        scores = self.serve_examples(inputs)["probabilities"]
+        scores = self.serve_examples(inputs)[PROBABILITIES]
         classes = tf.tile(self.class_names[tf.newaxis], [tf.shape(scores)[0], 1])
         return {"classes": classes, "scores": scores}
 
@@ -95,13 +95,13 @@ def export(model, tft_output, image_shape, class_names, export_dir: str) -> None
     with tempfile.TemporaryDirectory() as assets_dir:
         module = ServingModule(model, tft_output, image_shape, class_names, assets_dir)
         signatures = {
-            "serving_default": module.serve_examples.get_concrete_function(),
-            "predict_pixels": module.serve_pixels_fn().get_concrete_function(),
-            "predict_images": module.serve_images_fn().get_concrete_function(),
-            "classify": module.classify.get_concrete_function(),
+            SERVING_DEFAULT: module.serve_examples.get_concrete_function(),
+            PREDICT_PIXELS: module.serve_pixels_fn().get_concrete_function(),
+            PREDICT_IMAGES: module.serve_images_fn().get_concrete_function(),
+            CLASSIFY: module.classify.get_concrete_function(),
         }
         tf.saved_model.save(module, export_dir, signatures=signatures)
-    set_method_names(export_dir, {"classify": CLASSIFY_METHOD})
+    set_method_names(export_dir, {CLASSIFY: CLASSIFY_METHOD})
 
 
 def set_method_names(export_dir: str, methods: dict) -> None:

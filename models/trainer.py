@@ -18,18 +18,22 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from models import data, devices, networks, signatures, transfer
+from models import compat, contract, data, devices, networks, signatures, transfer
 
 log = logging.getLogger(__name__)
-VERBOSE = 1 if sys.stdout.isatty() else 2  # a progress bar on a terminal, one line per epoch in logs
 SUMMARY = "training.json"  # in the model-run directory: what the fit did
 TRAINING_IMAGES = "training_images.png"  # in the model-run directory: a batch as the network sees it
 GRID = 16  # images in that grid
 
 
+def fit_verbosity() -> int:
+    """Keras fit's `verbose`: a progress bar on a terminal, one line per epoch in logs."""
+    return 1 if sys.stdout.isatty() else 2
+
+
 def write_training_images(train, run_dir: str) -> None:
     """A grid of training images as the network sees them (decoded, augmented) to TensorBoard and a PNG."""
-    images = next(iter(train))[0]["image"][:GRID]
+    images = next(iter(train))[0][contract.IMAGE_KEY][:GRID]
     with tf.summary.create_file_writer(os.path.join(run_dir, "baseline", "images")).as_default():
         tf.summary.image("training images, as the network sees them", images, max_outputs=GRID, step=0)
     columns = 8
@@ -60,6 +64,7 @@ class TrainTime(keras.callbacks.Callback):
         self.on_test_begin()
 
 
+@compat.tf_keras_not_converted()
 def run_fn(fn_args) -> None:
     config = fn_args.custom_config
     hp, seed = dict(config["hparams"]), int(config["seed"])
@@ -72,8 +77,11 @@ def run_fn(fn_args) -> None:
 
     plan = devices.plan_devices(devices.visible_gpus())
     devices.seed_everything(seed, plan)
+    strategy = devices.make_strategy(plan)
+    with strategy.scope():  # a base model's variables belong to the strategy that trains them
+        base, start = _base_model(fn_args, config, image_shape)
     log.info("Training on %s, seed %d; %s; network %s; augmentation %s", plan.describe(), seed,
-             config.get("start", "from scratch"), hp["network"], "on" if hp["augment"] else "off")
+             start, hp["network"], "on" if hp["augment"] else "off")
 
     # Step counts: TrainArgs/EvalArgs when given, else one pass over each split per epoch.
     data.require_examples(fn_args.train_files, "train")
@@ -89,39 +97,40 @@ def run_fn(fn_args) -> None:
     write_training_images(train, fn_args.model_run_dir)
 
     keras.mixed_precision.set_global_policy("mixed_float16" if plan.mixed_precision else "float32")
-    with devices.make_strategy(plan).scope():
-        # Phases: (name, trainable layers or None for all, epoch ceiling, learning rate)
-        if not fn_args.base_model:
-            weights = hp["backbone_weights"]
-            if hp["network"] in networks.BACKBONES and not weights:
-                weights = networks.cached_weights(hp["network"], image_shape, hp["alpha"])
-            model, features, replaced = networks.build(hp["network"], image_shape, num_classes, hp, weights), [], None
-            hp["backbone_weights"] = weights
-            phases = [("from scratch", None, hp["epochs"], hp["learning_rate"])]
-        else:
-            base = transfer.load(transfer.keras_file(os.path.dirname(fn_args.base_model)))
-            model, features, replaced = transfer.adapt(base, image_shape, num_classes)
-            if replaced:  # the Keras recipe: the new head on the frozen base, then everything, gently
-                phases = [("new head, base frozen", features, hp["head_epochs"], hp["learning_rate"]),
-                          ("fine-tune all layers", None, hp["fine_tune_epochs"], hp["fine_tune_learning_rate"])]
-            else:  # warm start: the same network continues on the new data, for fewer epochs
-                phases = [("warm start", None, hp["fine_tune_epochs"], hp["learning_rate"])]
-        history, timers = [], []
-        for name, frozen, epochs, learning_rate in phases:
-            for layer in model.layers:  # BatchNorm of a reused base stays in inference mode (Keras' transfer guide)
-                layer.trainable = (not frozen or layer not in frozen) and not (
-                    replaced and isinstance(layer, keras.layers.BatchNormalization) and layer in features)
-            networks.compile_model(model, learning_rate)
-            timers.append(TrainTime())
-            fit = model.fit(train, initial_epoch=len(history), epochs=len(history) + epochs,
-                            steps_per_epoch=steps_per_epoch, validation_data=evaluation, verbose=VERBOSE,
-                            callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp["patience"],
-                                                                     restore_best_weights=True),
-                                       keras.callbacks.TensorBoard(os.path.join(fn_args.model_run_dir, "baseline"),
-                                                                   histogram_freq=1), timers[-1]])
-            history += [{"phase": name, "val_loss": loss, "val_accuracy": accuracy, "learning_rate": learning_rate}
-                        for loss, accuracy in zip(fit.history["val_loss"], fit.history["val_accuracy"])]
-    keras.mixed_precision.set_global_policy("float32")
+    try:
+        with strategy.scope():
+            # Phases: (name, trainable layers or None for all, epoch ceiling, learning rate)
+            if base is None:
+                weights = hp["backbone_weights"]
+                if hp["network"] in networks.BACKBONES and not weights:
+                    weights = networks.cached_weights(hp["network"], image_shape, hp["alpha"])
+                model, features, replaced = networks.build(hp["network"], image_shape, num_classes, hp, weights), [], None
+                hp["backbone_weights"] = weights
+                phases = [("from scratch", None, hp["epochs"], hp["learning_rate"])]
+            else:
+                model, features, replaced = transfer.adapt(base, image_shape, num_classes)
+                if replaced:  # the Keras recipe: the new head on the frozen base, then everything, gently
+                    phases = [("new head, base frozen", features, hp["head_epochs"], hp["learning_rate"]),
+                              ("fine-tune all layers", None, hp["fine_tune_epochs"], hp["fine_tune_learning_rate"])]
+                else:  # warm start: the same network continues on the new data, for fewer epochs
+                    phases = [("warm start", None, hp["fine_tune_epochs"], hp["learning_rate"])]
+            history, timers = [], []
+            for name, frozen, epochs, learning_rate in phases:
+                for layer in model.layers:  # BatchNorm of a reused base stays in inference mode (Keras' transfer guide)
+                    layer.trainable = (not frozen or layer not in frozen) and not (
+                        replaced and isinstance(layer, keras.layers.BatchNormalization) and layer in features)
+                networks.compile_model(model, learning_rate)
+                timers.append(TrainTime())
+                fit = model.fit(train, initial_epoch=len(history), epochs=len(history) + epochs,
+                                steps_per_epoch=steps_per_epoch, validation_data=evaluation, verbose=fit_verbosity(),
+                                callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp["patience"],
+                                                                         restore_best_weights=True),
+                                           keras.callbacks.TensorBoard(os.path.join(fn_args.model_run_dir, "baseline"),
+                                                                       histogram_freq=1), timers[-1]])
+                history += [{"phase": name, "val_loss": loss, "val_accuracy": accuracy, "learning_rate": learning_rate}
+                            for loss, accuracy in zip(fit.history["val_loss"], fit.history["val_accuracy"])]
+    finally:  # the policy is process-wide: whatever this process builds next is float32 again
+        keras.mixed_precision.set_global_policy("float32")
 
     # The float32 Keras model (for the Compressor and later fine-tuning) and the serving SavedModel, side by side.
     baseline = keras.models.clone_model(model, clone_function=lambda layer: layer.__class__.from_config(
@@ -134,8 +143,8 @@ def run_fn(fn_args) -> None:
 
     seconds = sum(t.seconds for t in timers)
     summary = {"device": plan.describe(), "seed": seed, "train_examples": train_examples,
-               "network": hp["network"] if not fn_args.base_model else "base model", "augment": hp["augment"],
-               "start": config.get("start", "from scratch"), "head_replaced": replaced,
+               "network": hp["network"] if base is None else "base model", "augment": hp["augment"],
+               "start": start, "head_replaced": replaced,
                "tuned": bool(fn_args.hyperparameters), "hparams": hp, "epochs": history,
                "epochs_run": len(history), "epochs_max": sum(p[2] for p in phases),
                "steps_per_epoch": steps_per_epoch, "train_seconds": seconds,
@@ -148,6 +157,26 @@ def run_fn(fn_args) -> None:
                                                  indent=1), step=0)
     log.info("Baseline (%s): %d epochs %s, %.0f examples/s", summary["start"], len(history),
              [(p[0], sum(e["phase"] == p[0] for e in history)) for p in phases], summary["examples_per_second"])
+
+
+def _base_model(fn_args, config, image_shape):
+    """(the Keras model to start from or None, where the model comes from). custom_config `start` says why
+    there is a base_model input; `resolved` (warm start in a compiled pipeline: the latest pushed model, found
+    when the run starts) turns a missing or unusable one into training from scratch, with the reason."""
+    resolved = bool(config.get("resolved"))
+    if not fn_args.base_model:
+        return None, "from scratch (no model pushed yet)" if resolved else config.get("start", "from scratch")
+    uri = os.path.dirname(fn_args.base_model)  # fn_args.base_model is <artifact uri>/Format-Serving
+    try:
+        base = transfer.load(transfer.keras_file(uri))
+        if resolved:
+            transfer.check(base, image_shape)
+    except transfer.IncompatibleBaseModel as e:
+        if not resolved:
+            raise
+        log.warning("Not warm-starting from the latest pushed model %s: %s", uri, e)
+        return None, f"from scratch (the latest pushed model {uri} does not fit this data)"
+    return base, f"warm-started from the latest pushed model {uri}" if resolved else config.get("start")
 
 
 def read_summary(model_run_uri: str) -> dict:

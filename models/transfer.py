@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import tf_keras as keras
 
-from models import data
+from models import contract, data
 
 
 class IncompatibleBaseModel(ValueError):
@@ -24,11 +24,13 @@ FEATURE_ENDS = (keras.layers.Flatten, keras.layers.GlobalAveragePooling2D, keras
 
 def keras_file(uri: str) -> str:
     """The Keras model at `uri`: a Model artifact's float model (Format-Keras/), the float model inside a
-    pushed version (serving/<model>/<version>/assets.extra/), or the user's file itself.
+    pushed version (serving/<model>/<version>/assets.extra/) or inside the Compressor's Model artifact, or the
+    user's file itself.
 
     (The Trainer's fn_args.base_model is `uri`/Format-Serving.)"""
-    for own in (data.keras_model_path(uri), os.path.join(uri, data.PUSHED_FLOAT_MODEL),
-                os.path.join(os.path.dirname(uri), data.PUSHED_FLOAT_MODEL)):
+    for own in (data.keras_model_path(uri), os.path.join(uri, contract.PUSHED_FLOAT_MODEL),
+                os.path.join(uri, "Format-Serving", contract.PUSHED_FLOAT_MODEL),  # a compressed Model artifact
+                os.path.join(os.path.dirname(uri), contract.PUSHED_FLOAT_MODEL)):
         if os.path.exists(own):
             return own
     return uri
@@ -133,7 +135,7 @@ def adapt(base: keras.Model, image_shape, num_classes: int) -> Tuple[keras.Model
     Returns (model, the reused feature layers, why the head was replaced or None if it was kept).
     """
     _input_check(base, image_shape)
-    inputs = keras.Input(shape=tuple(image_shape), name="image")
+    inputs = keras.Input(shape=tuple(image_shape), name=contract.IMAGE_KEY)
     x = keras.layers.Flatten()(inputs) if len(base.input_shape) == 2 else inputs
     replay = _Inlined()
     outputs = replay.model(base, x)
@@ -143,15 +145,15 @@ def adapt(base: keras.Model, image_shape, num_classes: int) -> Tuple[keras.Model
                                     f"'{base.layers[-1].name}'): the pipeline replaces or reuses a Dense head.")
     if head.units == num_classes and tuple(outputs.shape[1:]) == (num_classes,):
         last = replay.called[-1]
-        if last.name != "probabilities":  # not already this pipeline's contract
+        if last.name != contract.PROBABILITIES:  # not already this pipeline's contract
             if getattr(last, "activation", None) is not keras.activations.softmax:
                 outputs = keras.layers.Activation("softmax", dtype="float32")(outputs)
-            outputs = keras.layers.Activation("linear", name="probabilities")(outputs)
+            outputs = keras.layers.Activation("linear", name=contract.PROBABILITIES)(outputs)
         model = keras.Model(inputs, outputs)
         return model, list(dict.fromkeys(replay.called)), None
     features = replay.feature_end if replay.feature_end is not None else replay.dense_input
     body = keras.Model(inputs, features)
     x = keras.layers.Dense(num_classes, name="new_head")(features)
-    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    outputs = keras.layers.Activation("softmax", dtype="float32", name=contract.PROBABILITIES)(x)
     return (keras.Model(inputs, outputs), [layer for layer in body.layers if not isinstance(layer, keras.layers.InputLayer)],
             f"the base model has {head.units} outputs and this data {num_classes} classes")

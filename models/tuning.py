@@ -14,7 +14,7 @@ import tf_keras as keras
 from tensorboard.plugins.hparams import api as hparams_api
 from tfx.components.tuner.component import TunerFnResult
 
-from models import data, devices, networks
+from models import compat, data, devices, networks
 
 log = logging.getLogger(__name__)
 OBJECTIVE = "val_loss"
@@ -43,6 +43,7 @@ class _Search(keras_tuner.RandomSearch):
         self.base_hparams, self.image_shape, self.num_classes, self.logdir = (
             base_hparams, image_shape, num_classes, logdir)
 
+    @compat.tf_keras_not_converted()
     def run_trial(self, trial, train, evaluation, steps_per_epoch: int, epochs: int):
         hp = {**self.base_hparams, **search_space(trial.hyperparameters)}
         model = networks.compile_model(networks.build(hp["network"], self.image_shape, self.num_classes, hp), hp["learning_rate"])

@@ -1,2 +1,1 @@
-"""The conductor: settings, the TFX DAG, runners and the CLI."""
-import models  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+"""The conductor: settings, the TFX DAG, ML Metadata reads, the local and Kubeflow runners, the report and the CLI."""

@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Callable, Optional
 
+os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported, here and in every process started from here
 if not {"-v", "--verbose"} & set(sys.argv):  # quiet TensorFlow's C++ logs and warnings, Beam workers too
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
@@ -311,6 +312,13 @@ def _print_summary(result, config) -> None:
         for name, m in slice_metrics(evaluation).items():
             served = f"{m['served_accuracy']:.4f}" if m["served_accuracy"] is not None else "-"
             print(f"  {name:28s} {m['accuracy'] or 0:.4f} / {served:6s} ({m['examples']})")
+    if result.verdict:
+        print(f"\nquality gate: {'blessed' if result.verdict.blessed else 'NOT blessed'} (served model compared: "
+              f"{result.verdict.served_model or 'none, first push'})")
+        for c in result.verdict.checks:
+            if c.slice in ("overall", "compression") or not c.passed:
+                mark = "ok  " if c.passed else ("FAIL" if c.judged else "  - ")
+                print(f"  {mark} {c}")
     try:
         from pipeline import report
 

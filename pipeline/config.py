@@ -10,7 +10,7 @@ import os
 import re
 from typing import List, Optional, Tuple
 
-from models.preprocessing import MAX_IMAGE_PIXELS
+from models.contract import MAX_IMAGE_PIXELS
 
 FORMATS = ("auto", "images", "idx", "tfrecord")
 BUNDLED_NAME = "digits"  # the model and pipeline name of a run on the bundled digits

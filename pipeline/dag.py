@@ -17,6 +17,7 @@ from tfx.types import standard_artifacts
 from components import canary, gates, ingest, pusher, schema
 from components.compressor import Compressor
 from components.ingest.formats import DataFacts
+from models import contract
 from pipeline.config import PipelineConfig
 
 # Component ids: the runners, lineage reads, the CLI and the report find outputs by them.
@@ -43,8 +44,8 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
         tfma.PerSliceMetricThreshold(slicing_specs=[per_class], threshold=tfma.MetricThreshold(
             value_threshold=tfma.GenericValueThreshold(lower_bound={"value": t.min_class_accuracy})))])
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key="label",
-                                    prediction_key="probabilities")],
+        model_specs=[tfma.ModelSpec(signature_name=contract.SERVING_DEFAULT, label_key=contract.LABEL_KEY,
+                                    prediction_key=contract.PROBABILITIES)],
         slicing_specs=[overall, per_class],
         metrics_specs=[tfma.MetricsSpec(metrics=[accuracy, tfma.MetricConfig(class_name="ExampleCount"),
                                                  tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot")])])
@@ -52,10 +53,15 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BaseModel:
-    """What the Trainer starts from: a Model artifact's uri or the user's Keras model path, and why."""
+    """What the Trainer starts from: a Model artifact's uri or the user's Keras model path, and why; or, with
+    no uri, the latest pushed model as TFX's resolver finds it when the run starts (warm start in a compiled
+    pipeline: nothing the first time)."""
 
-    uri: str
+    uri: Optional[str]
     description: str
+
+
+LATEST_PUSHED = BaseModel(None, "the latest pushed model, resolved when the run starts")
 
 
 def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str, serving_dir: str,
@@ -64,7 +70,8 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
     """The TFX pipeline for `config` on `data`; pushes to `serving_dir`/<version>.
 
     base_model: the model the Trainer starts from, imported as its `base_model` input (pinned by uri, so
-    an unchanged rerun stays cached); None trains from scratch.
+    an unchanged rerun stays cached), or LATEST_PUSHED (the served model's resolver feeds it); None trains
+    from scratch.
     """
     example_gen = ingest.ImageExampleGen(
         input_base=data.path, input_pattern=data.input_pattern, data_config=data.example_gen_config(),
@@ -84,9 +91,17 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
     ).with_id(TRANSFORM)
     transform.add_upstream_node(data_gate)  # no training on data with anomalies
 
+    model_resolver = tfx.dsl.Resolver(  # the model being served: the Pusher's record names it
+        strategy_class=LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing, producer_component_id=PUSHER,
+                                       output_key=pusher.SERVING_RECORD),
+    ).with_id("latest_pushed_model_resolver")
     optional = []  # nodes that only some settings add
     trainer_inputs = {}
-    if base_model:
+    if base_model is LATEST_PUSHED:
+        trainer_inputs["base_model"] = model_resolver.outputs["model"]
+    elif base_model:
         importer = tfx.dsl.Importer(source_uri=base_model.uri, artifact_type=standard_artifacts.Model,
                                     reimport=False).with_id("base_model_importer")
         trainer_inputs["base_model"] = importer.outputs["result"]
@@ -107,30 +122,26 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
         train_args=tfx.proto.TrainArgs(splits=["train"]),  # no num_steps: epochs over the whole split
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config={**config.trainer_config(data.image_shape, data.class_names),
-                       "start": base_model.description if base_model else "from scratch"},
+                       "start": base_model.description if base_model else "from scratch",
+                       "resolved": base_model is LATEST_PUSHED},
         **trainer_inputs).with_id(TRAINER)
     c = config.compression
     compressor = Compressor(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
-        transform_graph=transform.outputs["transform_graph"],
+        transform_graph=transform.outputs["transform_graph"], image_shape=data.image_shape,
         prune=c.prune, target_sparsity=c.target_sparsity,
         prune_epochs=c.prune_epochs, qat=c.qat, qat_epochs=c.qat_epochs, batch_size=config.hparams.batch_size,
         learning_rate=config.hparams.learning_rate, seed=config.seed).with_id(COMPRESSOR)
     candidate = compressor.outputs["compressed_model"]  # what is judged, canaried and pushed
 
-    model_resolver = tfx.dsl.Resolver(  # the model being served: the Pusher's record names it
-        strategy_class=LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing, producer_component_id=PUSHER,
-                                       output_key=pusher.SERVING_RECORD),
-    ).with_id("latest_pushed_model_resolver")
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"], model=candidate,
         baseline_model=model_resolver.outputs["model"], eval_config=eval_config(config)).with_id(EVALUATOR)
 
     quality_gate = gates.QualityGate(
         report=compressor.outputs["report"], evaluation=evaluator.outputs["evaluation"],
-        evaluator_blessing=evaluator.outputs["blessing"], max_accuracy_drop=config.compression.max_accuracy_drop,
+        evaluator_blessing=evaluator.outputs["blessing"], max_accuracy_drop=c.max_accuracy_drop,
+        target_sparsity=c.target_sparsity if c.prune else 0.0,
         min_slice_examples=config.thresholds.min_slice_examples).with_id(GATE)
     canary_check = canary.Canary(model=candidate, examples=example_gen.outputs["examples"],
                                  model_name=config.model_name).with_id(CANARY)
@@ -144,7 +155,7 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
         pipeline_name=config.pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform,
-                    *optional, trainer, compressor, model_resolver, evaluator, quality_gate, canary_check, push],
+                    model_resolver, *optional, trainer, compressor, evaluator, quality_gate, canary_check, push],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_args)

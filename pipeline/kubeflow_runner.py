@@ -26,9 +26,10 @@ from typing import Dict, List, Optional
 import yaml
 
 from components.ingest import formats
-from pipeline import dag
+from components.gates import Verdict
+from pipeline import dag, lineage
 from pipeline.config import PipelineConfig
-from pipeline.local_runner import local_beam_args, prepare_data
+from pipeline.local_runner import local_beam_args, prepare_data, user_base_model
 
 BUNDLED_DATA_IN_IMAGE = "/pipeline/data/digits"  # where the Dockerfile writes the bundled digits
 ARTIFACTS = "kfp_local_artifacts.json"  # every artifact produced under the pipeline root, oldest first
@@ -204,11 +205,13 @@ def execute(spec_file: str, pipeline_root: str, beam_args: Optional[List[str]] =
             if code != 0:
                 store.save()
                 raise TaskFailed(name, code, log_path)
-        with open(executor_input["outputs"]["outputFile"]) as f:
-            written = json.load(f).get("artifacts", {})
+            # What each step wrote (the ExampleGen driver: the resolved span) updates the output artifacts.
+            with open(executor_input["outputs"]["outputFile"]) as f:
+                written = json.load(f).get("artifacts", {})
+            for key, artifacts in produced.items():
+                for artifact, update in zip(artifacts, written.get(key, {}).get("artifacts", [])):
+                    artifact["metadata"].update(update.get("metadata", {}))
         for key, artifacts in produced.items():
-            for artifact, update in zip(artifacts, written.get(key, {}).get("artifacts", [])):
-                artifact["metadata"].update(update.get("metadata", {}))
             for artifact in artifacts:
                 artifact["live"] = True
                 store.add(artifact)
@@ -239,15 +242,19 @@ def _compile_data(config: PipelineConfig) -> formats.DataFacts:
 
 
 def compile_spec(config: PipelineConfig, pipeline_root: str, image: str, output_file: str,
-                     serving_dir: Optional[str] = None, data: Optional[formats.DataFacts] = None) -> Dict:
+                 serving_dir: Optional[str] = None, data: Optional[formats.DataFacts] = None) -> Dict:
     """Writes a Kubeflow Pipelines v2 spec (JSON) offline; returns it parsed. The Pusher pushes to
     `serving_dir` (default <pipeline_root>/serving/<model>); `data` is what the pipeline reads (default:
-    found from config.data)."""
+    found from config.data). The Trainer starts from --base-model when given; else, unless --no-warm-start,
+    from the latest pushed model when there is one (continuous training: each run on a new span
+    warm-starts from what is being served)."""
     from tfx import v1 as tfx
 
     data = data or _compile_data(config)
+    base = user_base_model(config, data) if config.base_model else dag.LATEST_PUSHED if config.warm_start else None
     pipeline = dag.create_pipeline(config, data, pipeline_root=pipeline_root, beam_args=config.beam_args,
-                                   serving_dir=serving_dir or os.path.join(pipeline_root, "serving", config.model_name))
+                                   serving_dir=serving_dir or os.path.join(pipeline_root, "serving", config.model_name),
+                                   base_model=base)
     output_dir, filename = os.path.split(os.path.abspath(output_file))
     os.makedirs(output_dir, exist_ok=True)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
@@ -267,7 +274,8 @@ def compile_spec(config: PipelineConfig, pipeline_root: str, image: str, output_
 class KubeflowLocalResult:
     spec_file: str
     pushed_dir: Optional[str]  # None: not pushed
-    refusal: str
+    verdict: Optional[Verdict]  # the QualityGate's checks (None: it did not run)
+    refusal: str  # why the model was not pushed, one line per failed check
     outputs: Dict[str, Dict[str, list]]  # task → output key → artifacts (as `execute` records them)
 
 
@@ -281,11 +289,12 @@ def run_here(config: PipelineConfig) -> KubeflowLocalResult:
     compile_spec(config, root, image="local", output_file=spec_file, serving_dir=config.serving_dir, data=data)
     outputs = execute(spec_file, root, beam_args=local_beam_args(config, data))
     pushed = outputs.get(dag.PUSHER, {}).get("pushed_model", [{}])[0].get("metadata", {})
-    gate = outputs.get(dag.GATE, {}).get("blessing", [{}])[0].get("metadata", {})
+    gate = outputs.get(dag.GATE, {}).get("blessing", [{}])[0].get("uri")
     canary = outputs.get(dag.CANARY, {}).get("blessing", [{}])[0].get("metadata", {})
+    verdict = Verdict.load(gate) if gate else None
     return KubeflowLocalResult(
         spec_file=spec_file, pushed_dir=pushed.get("pushed_destination") if pushed.get("pushed") else None,
-        refusal="\n".join(r for r in (gate.get("reason"), canary.get("reason")) if r), outputs=outputs)
+        verdict=verdict, refusal=lineage.refusal(verdict, canary.get("reason", "")), outputs=outputs)
 
 
 def submit(spec_file: str, host: str, experiment: str, run_name: Optional[str] = None,

@@ -10,6 +10,7 @@ import os
 from typing import Dict, List, Optional
 
 from components.compressor.report import JSON, CompressionReport
+from components.gates import Verdict
 from models import trainer
 from pipeline import dag
 
@@ -75,10 +76,16 @@ class RunResult:
     components: List[ComponentRun]
     pushed: bool
     pushed_dir: Optional[str]
-    refusal: str  # why the model was not pushed, one check per line
+    verdict: Optional[Verdict]  # the QualityGate's checks (None: it did not run)
+    canary_refusal: str  # why the Canary refused the model ("" when it did not)
     compression_report: Optional[CompressionReport]
     training: Optional[dict]  # what the Trainer did (models.trainer.read_summary): start, phases, hparams
     artifacts: Dict[tuple, object] = dataclasses.field(default_factory=dict)  # (node, key) → MLMD artifact
+
+    @property
+    def refusal(self) -> str:
+        """Why the model was not pushed: each failed check, then the Canary's reason, one per line."""
+        return refusal(self.verdict, self.canary_refusal)
 
     def uri(self, node: str, key: str) -> Optional[str]:
         """Where the latest run's output `key` of component `node` lives (None if it did not run)."""
@@ -127,8 +134,14 @@ def latest_run(metadata_path: str, pipeline_name: str) -> RunResult:
     if model_run is not None and os.path.exists(os.path.join(model_run.uri, trainer.SUMMARY)):
         training = trainer.read_summary(model_run.uri)
     pushed = bool(custom(dag.PUSHER, "pushed_model", "pushed"))
+    gate = outputs.get((dag.GATE, "blessing"))
     return RunResult(components=components, pushed=pushed,
                      pushed_dir=custom(dag.PUSHER, "pushed_model", "pushed_destination") if pushed else None,
-                     refusal="\n".join(r for r in (custom(dag.GATE, "blessing", "reason"),
-                                                    custom(dag.CANARY, "blessing", "reason")) if r),
+                     verdict=Verdict.load(gate.uri) if gate is not None else None,
+                     canary_refusal=custom(dag.CANARY, "blessing", "reason") or "",
                      compression_report=report, training=training, artifacts=outputs)
+
+
+def refusal(verdict: Optional[Verdict], canary_refusal: str) -> str:
+    """The failed checks of a gate's verdict and the Canary's reason, one per line."""
+    return "\n".join([str(c) for c in (verdict.failed if verdict else [])] + ([canary_refusal] if canary_refusal else []))

@@ -48,18 +48,27 @@ def local_beam_args(config: PipelineConfig, data: formats.DataFacts) -> list:
     return args
 
 
-def choose_base_model(config: PipelineConfig, data: formats.DataFacts) -> Optional[dag.BaseModel]:
-    """--base-model (checked against the data: exit 2 when it cannot read it); else, on a span newer than
-    the one the latest pushed model was trained on, that model's float baseline (warm start); else None."""
+def user_base_model(config: PipelineConfig, data: formats.DataFacts) -> dag.BaseModel:
+    """--base-model, checked against the data where it can be read from here (a DataError when it cannot be
+    rebuilt on these images: exit 2 before anything runs)."""
     from models import transfer
 
-    if config.base_model:
-        path = config.base_model if "://" in config.base_model else os.path.abspath(config.base_model)
+    path = config.base_model if "://" in config.base_model else os.path.abspath(config.base_model)
+    if "://" not in path:
         try:
             transfer.check(transfer.load(transfer.keras_file(path)), data.image_shape)
         except transfer.IncompatibleBaseModel as e:
             raise formats.DataError(str(e)) from e
-        return dag.BaseModel(path, f"transfer learning from the base model {path}")
+    return dag.BaseModel(path, f"transfer learning from the base model {path}")
+
+
+def choose_base_model(config: PipelineConfig, data: formats.DataFacts) -> Optional[dag.BaseModel]:
+    """--base-model (user_base_model); else, on a span newer than the one the latest pushed model was trained
+    on, that model's float baseline (warm start, pinned by uri: an unchanged rerun stays cached); else None."""
+    from models import transfer
+
+    if config.base_model:
+        return user_base_model(config, data)
     if not config.warm_start or not os.path.exists(config.metadata_path):
         return None
     for pushed in lineage.pushed_models(config.metadata_path):

@@ -188,13 +188,9 @@ def evaluation_section(result: RunResult) -> str:
     uri = result.uri(dag.EVALUATOR, "evaluation")
     if uri is None:
         return "<p>The Evaluator did not run.</p>"
-    gate = result.artifacts.get((dag.GATE, "blessing"))
-
-    def prop(name):
-        return gate.custom_properties[name].string_value if gate is not None and name in gate.custom_properties else ""
-
-    checks = [c for c in prop("checks").splitlines() if c]
-    failing_slices = {c.split(":", 1)[0] for c in checks if "[not judged" not in c}
+    verdict = result.verdict
+    checks = verdict.checks if verdict else []
+    failing_slices = {c.slice for c in checks if c.judged and not c.passed}
     rows, classes = [], []
     for name, m in slice_metrics(uri).items():
         served = m["served_accuracy"]
@@ -210,13 +206,16 @@ def evaluation_section(result: RunResult) -> str:
             f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row, failing in entries)
         return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
-    blessed = gate is not None and gate.custom_properties["blessed"].int_value == 1
-    verdict = (f'<p class="{"ok" if blessed else "bad"}">{"Blessed" if blessed else "NOT blessed"} by the '
-               f'QualityGate; compared with the served model: {html.escape(prop("baseline_model")) or "none (first push)"}</p>')
-    listed = ('<ul class="checks">' + "".join(
-        f'<li class="{"bad" if "[not judged" not in c else ""}">{html.escape(c)}</li>' for c in checks) + "</ul>"
-              if checks else "")
-    return verdict + listed + table(rows, "overall") + "<h3>Per class</h3>" + table(classes, "per-class")
+    blessed = verdict is not None and verdict.blessed
+    served = html.escape(verdict.served_model) if verdict and verdict.served_model else "none (first push)"
+    heading = (f'<p class="{"ok" if blessed else "bad"}">{"Blessed" if blessed else "NOT blessed"} by the '
+               f'QualityGate; compared with the served model: {served}</p>')
+    listed = _table(["check", "slice", "value", "bound", "eval examples", "result"], [
+        [c.name, c.slice, "-" if c.value is None else f"{c.value:.4f}", c.bound,
+         "-" if c.examples is None else c.examples,
+         ("passed" if c.passed else "FAILED") if c.judged else f"not judged: {c.why_not_judged}"]
+        for c in checks if not c.passed or c.slice in ("overall", "compression")], "checks") if checks else ""
+    return heading + listed + table(rows, "overall") + "<h3>Per class</h3>" + table(classes, "per-class")
 
 
 WORST = 12  # eval images shown that the model gets most wrong

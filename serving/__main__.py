@@ -150,10 +150,10 @@ def main(argv=None) -> int:
                                       max_body_bytes=args.max_body_bytes, threads=args.rest_api_num_threads,
                                       timeout_ms=args.rest_api_timeout_in_ms)
     rest_port = rest_server.port if rest_server else -1
-    log.info("Running gRPC ModelServer at %s:%d, REST at %s:%d", args.host, grpc_server.bound_port, args.host, rest_port)
+    log.info("Running gRPC ModelServer at %s:%d, REST at %s:%d", args.host, grpc_server.port, args.host, rest_port)
     if args.port_file:
         with open(args.port_file + ".tmp", "w") as f:
-            f.write(f"{grpc_server.bound_port} {rest_port}\n")
+            f.write(f"{grpc_server.port} {rest_port}\n")
         os.replace(args.port_file + ".tmp", args.port_file)
 
     stop = threading.Event()

@@ -1,7 +1,9 @@
 """TF Serving's gRPC API (tensorflow-serving-api protos) over the inference core, plus grpc.health.v1."""
 from __future__ import annotations
 
+import dataclasses
 import os
+import threading
 import time
 from concurrent import futures
 
@@ -294,18 +296,32 @@ class Health(health_pb2_grpc.HealthServicer):
         return health_pb2.HealthCheckResponse(status=status)
 
 
+@dataclasses.dataclass
+class GrpcServer:
+    """The gRPC server with its PredictionService (which the REST API and warm-up call) and its bound port."""
+
+    server: grpc.Server
+    prediction_service: PredictionService
+    port: int
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self, grace: float) -> threading.Event:
+        return self.server.stop(grace)
+
+
 def make_server(core: InferenceCore, host: str, port: int, max_message_bytes: int = 16 << 20,
-                workers: int = 16, health: bool = True) -> grpc.Server:
+                workers: int = 16, health: bool = True) -> GrpcServer:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes)])
-    server.prediction_service = PredictionService(core, max_message_bytes)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(server.prediction_service, server)
+    predictions = PredictionService(core, max_message_bytes)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(predictions, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
     if health:
         health_pb2_grpc.add_HealthServicer_to_server(Health(core), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC to {host}:{port}")
-    server.bound_port = bound
-    return server
+    return GrpcServer(server, predictions, bound)

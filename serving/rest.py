@@ -27,6 +27,7 @@ from tensorflow_serving.apis import classification_pb2, get_model_metadata_pb2, 
 from tornado import httputil, netutil
 from tornado.httpserver import HTTPServer
 
+from serving import compat
 from serving.core import dtype_name, input_specs, signature_of
 from serving.errors import HTTP_STATUS, ServingError
 from serving.grpc_service import PredictionService, tensor_proto
@@ -326,7 +327,8 @@ def _raw_response(status: int, message: str) -> bytes:
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
 
-_TORNADO_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\n\r\n"
+_MALFORMED = _raw_response(400, "Malformed HTTP request: a bad request line, header, Content-Length or chunk, "
+                               "or a body over the size limit")
 
 
 class _Exchange(httputil.HTTPMessageDelegate):
@@ -381,15 +383,7 @@ class _HTTPServer(HTTPServer):
     with a JSON body like every other error."""
 
     def handle_stream(self, stream, address):
-        write = stream.write
-
-        def write_json_errors(data, *args, **kwargs):
-            if data == _TORNADO_BAD_REQUEST:
-                data = _raw_response(400, "Malformed HTTP request: a bad request line, header, Content-Length or "
-                                          "chunk, or a body over the size limit")
-            return write(data, *args, **kwargs)
-
-        stream.write = write_json_errors
+        compat.answer_bad_requests_with(stream, _MALFORMED)
         super().handle_stream(stream, address)
 
 

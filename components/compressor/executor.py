@@ -1,4 +1,5 @@
 """Compressor executor: load the baseline Keras model, prune, PQAT, export, convert to int8 TFLite, measure."""
+import json
 import logging
 import os
 from typing import Any, Dict, List
@@ -17,8 +18,8 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils, path_utils
 
 from components.compressor.report import CompressionReport, StageMetrics
-from models import compression, data, devices, networks, preprocessing, signatures
-from models.trainer import VERBOSE
+from models import compat, compression, contract, data, devices, networks, signatures
+from models.trainer import fit_verbosity
 
 log = logging.getLogger(__name__)
 REPRESENTATIVE_EXAMPLES = 200  # calibration images for full-integer quantization
@@ -33,7 +34,7 @@ def write_warmup(model: types.Artifact, examples: types.Artifact, tft_output) ->
     (and `python -m serving`) replays them before the model serves, so no first request pays for warming."""
     spec = infra_validator_pb2.RequestSpec(
         tensorflow_serving=infra_validator_pb2.TensorFlowServingRequestSpec(
-            signature_names=["serving_default", "classify"]),
+            signature_names=[contract.SERVING_DEFAULT, contract.CLASSIFY]),
         split_name="eval", num_examples=WARMUP_EXAMPLES)
     logs = []
     for request in request_builder.build_requests("model", model, examples, spec):
@@ -43,10 +44,11 @@ def write_warmup(model: types.Artifact, examples: types.Artifact, tft_output) ->
         else:
             entry.predict_log.request.CopyFrom(request)
             record = tf.make_ndarray(request.inputs["examples"])[0]
-            encoded = tf.train.Example.FromString(record).features.feature[preprocessing.IMAGE_KEY].bytes_list.value[0]
+            encoded = tf.train.Example.FromString(record).features.feature[contract.IMAGE_KEY].bytes_list.value[0]
             pixels = 255.0 * tft_output.transform_raw_features(
-                {preprocessing.IMAGE_KEY: tf.constant([[encoded]])})[preprocessing.IMAGE_KEY].numpy()
-            for name, key, value in (("predict_pixels", "pixels", pixels), ("predict_images", "images", [encoded])):
+                {contract.IMAGE_KEY: tf.constant([[encoded]])})[contract.IMAGE_KEY].numpy()
+            for name, key, value in ((contract.PREDICT_PIXELS, "pixels", pixels),
+                                     (contract.PREDICT_IMAGES, "images", [encoded])):
                 extra = prediction_log_pb2.PredictionLog()
                 extra.predict_log.request.model_spec.signature_name = name
                 extra.predict_log.request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
@@ -58,6 +60,7 @@ def write_warmup(model: types.Artifact, examples: types.Artifact, tft_output) ->
 
 class Executor(base_executor.BaseExecutor):
 
+    @compat.tf_keras_not_converted()
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
         p = exec_properties
@@ -87,7 +90,11 @@ class Executor(base_executor.BaseExecutor):
 
         with strategy.scope():
             baseline = compile_fn(keras.models.load_model(data.keras_model_path(baseline_uri), compile=False))
-        image_shape = tuple(tft_output.transformed_feature_spec()[preprocessing.IMAGE_KEY].shape)
+        image_shape = tuple(json.loads(p["image_shape"]))
+        decoded = tuple(tft_output.transformed_feature_spec()[contract.IMAGE_KEY].shape)
+        if decoded != image_shape:
+            raise ValueError(f"image_shape {list(image_shape)} is not what the transform graph decodes to "
+                             f"({list(decoded)}): pass the shape the Transform was configured with")
         class_names = signatures.class_names_of(path_utils.serving_model_dir(baseline_uri))
         stages = {"baseline": baseline}  # stage → Keras model, in order
         if prune:
@@ -96,7 +103,7 @@ class Executor(base_executor.BaseExecutor):
                 model.set_weights(baseline.get_weights())
                 schedule = compression.pruning_schedule(p["prune_epochs"] * steps_per_epoch, p["target_sparsity"])
                 stages["pruned"], not_pruned = compression.prune(model, schedule, p["prune_epochs"], steps_per_epoch,
-                                                                 train, tensorboard("pruned"), compile_fn, VERBOSE)
+                                                                 train, tensorboard("pruned"), compile_fn, fit_verbosity())
             if not_pruned:
                 log.warning("TFMOT cannot prune %d layers with weights; kept them dense: %s", len(not_pruned),
                             ", ".join(not_pruned))
@@ -108,7 +115,7 @@ class Executor(base_executor.BaseExecutor):
                 model = keras.models.clone_model(source)
                 model.set_weights(source.get_weights())
                 model, kept_float = compression.quantize_aware(model, prune, p["qat_epochs"], steps_per_epoch, train,
-                                                               tensorboard("pqat"), compile_fn, VERBOSE)
+                                                               tensorboard("pqat"), compile_fn, fit_verbosity())
                 if kept_float:
                     log.warning("TFMOT cannot quantize %d layers; kept them float: %s", len(kept_float),
                                 ", ".join(kept_float))
@@ -125,7 +132,7 @@ class Executor(base_executor.BaseExecutor):
             else:
                 export_dirs[stage] = os.path.join(run_dir, "savedmodel_" + stage)
             signatures.export(model, tft_output, image_shape, class_names, export_dirs[stage])
-        representative = np.concatenate([np.asarray(features[preprocessing.IMAGE_KEY]) for features, _ in
+        representative = np.concatenate([np.asarray(features[contract.IMAGE_KEY]) for features, _ in
                                          train.take(-(-REPRESENTATIVE_EXAMPLES // batch_size))])
         tflite_int8 = compression.to_tflite(stages[final], representative[:REPRESENTATIVE_EXAMPLES], sparse=prune)
         tflite_float = compression.to_tflite(baseline)
@@ -133,7 +140,7 @@ class Executor(base_executor.BaseExecutor):
         tf.io.gfile.makedirs(extra)
         with tf.io.gfile.GFile(os.path.join(extra, "model_int8.tflite"), "wb") as f:
             f.write(tflite_int8)
-        tf.io.gfile.copy(data.keras_model_path(baseline_uri), os.path.join(serving_dir, data.PUSHED_FLOAT_MODEL),
+        tf.io.gfile.copy(data.keras_model_path(baseline_uri), os.path.join(serving_dir, contract.PUSHED_FLOAT_MODEL),
                          overwrite=True)  # a pushed version is a --base-model for fine-tuning
         warmup = write_warmup(output_dict["compressed_model"][0], input_dict["examples"][0], tft_output)
         log.info("Wrote %d warm-up requests to %s", warmup, path_utils.warmup_file_path(serving_dir))

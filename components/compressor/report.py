@@ -1,6 +1,6 @@
 """The compression report: one typed record of what each stage costs and buys.
 
-Written by the Compressor into its `CompressionReport` artifact; read by the CompressionGate, the
+Written by the Compressor into its `CompressionReport` artifact; read by the QualityGate, the
 CLI summary, the HTML run report and the benchmarks through `CompressionReport.load`. Files in the
 artifact: compression.json (this record), compression.md (the table), compression.png (accuracy
 against gzip size).

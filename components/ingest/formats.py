@@ -27,7 +27,7 @@ import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
 from models.data import DataError  # noqa: F401  (raised here; the CLI maps it to exit 2)
-from models.preprocessing import CLASS_NAME_KEY, IMAGE_KEY, LABEL_KEY, MAX_IMAGE_PIXELS
+from models.contract import CLASS_NAME_KEY, IMAGE_KEY, LABEL_KEY, MAX_IMAGE_PIXELS
 
 MAX_LISTED = 10  # files or records named in one message
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")

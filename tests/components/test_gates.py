@@ -1,7 +1,7 @@
 import pytest
 
 from components.compressor.report import CompressionReport, StageMetrics
-from components.gates import compression_verdict
+from components.gates import Check, Verdict, compression_checks
 
 
 def _report(*accuracies, sparsity=0.8, target=0.8):
@@ -9,6 +9,12 @@ def _report(*accuracies, sparsity=0.8, target=0.8):
                                   size_bytes=1, gzip_bytes=1, latency_ms=1.0)
               for stage, a in zip(("baseline", "pruned", "pqat"), accuracies)}
     return CompressionReport(stages=stages, target_sparsity=target)
+
+
+def compression_verdict(report, budget):
+    """The gate's compression checks with the report's own target as the bound (0: pruning was off)."""
+    return "; ".join(c.detail for c in compression_checks(report, budget, report.target_sparsity or 0.0)
+                     if not c.passed)
 
 
 def test_within_budget_passes():
@@ -46,3 +52,26 @@ def test_report_round_trips_through_its_files(tmp_path):
     assert CompressionReport.load(str(tmp_path)) == report
     assert (tmp_path / "compression.md").read_text().count("\n") == 2 + 3
     assert (tmp_path / "compression.png").stat().st_size > 1000 and not list(tmp_path.glob("*.tmp"))
+
+
+def test_compression_checks_are_structured_and_name_their_bounds():
+    loss, sparsity = compression_checks(_report(0.95, 0.90, 0.92, sparsity=0.5), 0.01, 0.8)
+    assert (loss.name, loss.slice, round(loss.value, 4), loss.bound, loss.passed) == (
+        "compression accuracy loss", "compression", 0.03, "<= 0.01", False)
+    assert (sparsity.name, sparsity.value, sparsity.bound, sparsity.passed) == ("weight sparsity", 0.5, ">= 0.8", False)
+    assert [c.name for c in compression_checks(_report(0.95, 0.95), 0.01, 0.0)] == ["compression accuracy loss"]
+
+
+def test_verdict_round_trips_and_lists_only_judged_failures():
+    checks = [Check("accuracy", "overall", 0.95, ">= 0.9", 360, passed=True),
+              Check("accuracy", "class '3'", 0.5, ">= 0.75", 4, passed=False, judged=False,
+                    why_not_judged="fewer than --min-slice-examples 30 eval examples"),
+              Check("accuracy change vs. the served model", "overall", -0.05, ">= -0.0200", 360, passed=False,
+                    detail="compared with the served model /m/1")]
+    verdict = Verdict(blessed=False, checks=checks, served_model="/m/1")
+    assert Verdict.from_json(verdict.to_json()) == verdict
+    assert verdict.failed == [checks[2]]
+    assert str(checks[1]) == ("class '3': accuracy 0.5000, needs >= 0.75 (4 eval examples) "
+                              "[not judged: fewer than --min-slice-examples 30 eval examples]")
+    assert str(checks[2]) == ("overall: accuracy change vs. the served model -0.0500, needs >= -0.0200 "
+                              "(360 eval examples): compared with the served model /m/1")

@@ -157,9 +157,15 @@ def test_class_floor_applies_only_to_classes_with_enough_eval_examples(first_run
     config.thresholds.min_slice_examples = 10_000  # ... but no class has that many eval examples
     result = local_runner.run(config)
     assert result.pushed, result.refusal
+    per_class = [c for c in result.verdict.checks if c.slice.startswith("class ")]
+    assert len(per_class) == 10 and not any(c.judged for c in per_class)
+    assert all(c.why_not_judged == "fewer than --min-slice-examples 10000 eval examples" for c in per_class)
+    assert any(not c.passed for c in per_class)  # reported as missed, but not judged
     config.thresholds.min_slice_examples = 1
     result = local_runner.run(config)
     assert not result.pushed
+    assert {c.slice for c in result.verdict.failed} == {c.slice for c in per_class if not c.passed}
+    assert all(c.judged and c.bound == ">= 1" and c.examples > 0 for c in result.verdict.failed)
     failing = re.findall(r"class '(\d)': accuracy (0\.\d+), needs >= 1 \((\d+) eval examples\)", result.refusal)
     assert failing, result.refusal
     assert len(failing) == len(result.refusal.splitlines()), result.refusal  # one line per failing check

@@ -9,6 +9,7 @@ import sys
 import pytest
 import yaml
 
+from components.ingest import formats
 from pipeline import kubeflow_runner
 from tests.conftest import e2e_config
 
@@ -78,10 +79,16 @@ def test_submit_without_a_server_fails_clearly(tmp_path):
     assert proc.returncode == 2 and "no such file" in proc.stderr
 
 
+def training(result) -> dict:
+    with open(os.path.join(result.outputs["Trainer"]["model_run"][0]["uri"], "training.json")) as f:
+        return json.load(f)
+
+
 @pytest.mark.e2e
 def test_compiled_spec_runs_end_to_end_and_a_second_run_resolves_the_pushed_model(tmp_path):
-    """Two executions of the compiled spec through TFX's v2 entrypoint: the first pushes a blessed model,
-    the second's resolver tasks find it and the Evaluator compares the new model with it."""
+    """Two executions of the compiled spec through TFX's v2 entrypoint, on two spans: the first trains from
+    scratch and pushes a blessed model; the second's resolver finds it, the Trainer warm-starts from it on
+    the new span and the Evaluator compares the new model with it."""
     config = e2e_config(tmp_path)
     config.hparams.epochs, config.compression.prune_epochs = 3, 1
     config.compression.max_accuracy_drop = 0.05  # the launcher contract is under test here, not compression:
@@ -91,8 +98,16 @@ def test_compiled_spec_runs_end_to_end_and_a_second_run_resolves_the_pushed_mode
     assert os.path.dirname(first.pushed_dir) == config.serving_dir
     assert first.outputs["latest_pushed_model_resolver-model-resolver"]["model"] == []  # nothing served yet
 
+    assert training(first)["start"] == "from scratch (no model pushed yet)"
+
+    formats.write_digits(os.path.join(config.output_dir, "data", "digits"), span=2, seed=7)  # new data lands
     second = kubeflow_runner.run_here(config)
     assert second.pushed_dir and second.pushed_dir != first.pushed_dir, second.refusal
+    # Continuous training: the Trainer warm-started from the model the first run pushed, on span 2.
+    assert second.outputs["FileBasedExampleGen"]["examples"][0]["metadata"]["span"] == 2
+    pushed_model = first.outputs["Compressor"]["compressed_model"][0]["uri"]
+    assert training(second)["start"] == f"warm-started from the latest pushed model {pushed_model}"
+    assert {e["phase"] for e in training(second)["epochs"]} == {"warm start"}
     resolved = second.outputs["latest_pushed_model_resolver-model-resolver"]["model"]
     assert [a["uri"] for a in resolved] == [first.outputs["Compressor"]["compressed_model"][0]["uri"]]
     evaluation = second.outputs["Evaluator"]["blessing"][0]["metadata"]

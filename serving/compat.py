@@ -1,0 +1,16 @@
+"""The private Tornado behaviour the REST server relies on, in one place (serving/ depends on nothing of the
+pipeline's, so it has its own). Checked against tornado 6.5.10; tests/serving/test_compat.py fails when it
+changes.
+"""
+TORNADO_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\n\r\n"  # what HTTP1Connection writes on a malformed request
+
+
+def answer_bad_requests_with(stream, answer: bytes) -> None:
+    """Makes Tornado's bare answer to a malformed request line, header or chunk on `stream` (an IOStream the
+    HTTP server is given) `answer` instead. Tornado writes those bytes itself, with no hook to change them."""
+    write = stream.write
+
+    def write_instead(data, *args, **kwargs):
+        return write(answer if data == TORNADO_BAD_REQUEST else data, *args, **kwargs)
+
+    stream.write = write_instead

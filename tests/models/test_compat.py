@@ -1,0 +1,28 @@
+"""The private TensorFlow behaviour models/compat.py relies on: these fail when a TensorFlow upgrade changes it."""
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+from tensorflow.python.autograph.core import config as autograph_config
+from tensorflow.python.autograph.impl import conversion
+
+from models import compat
+
+
+def test_tf_keras_is_left_alone_by_autograph_inside_only():
+    before = autograph_config.CONVERSION_RULES
+    assert not conversion.is_allowlisted(keras.layers.Dense.call)
+    with compat.tf_keras_not_converted():
+        assert conversion.is_allowlisted(keras.layers.Dense.call)
+    assert autograph_config.CONVERSION_RULES is before  # nothing left changed
+    assert not conversion.is_allowlisted(keras.layers.Dense.call)
+
+
+def test_tflite_ops_lists_each_op_with_its_input_tensors():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    interpreter = tf.lite.Interpreter(model_content=tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    interpreter.allocate_tensors()
+    ops = compat.tflite_ops(interpreter)
+    fully_connected = [op for op in ops if op["op_name"] == "FULLY_CONNECTED"]
+    assert len(fully_connected) == 1
+    weights = interpreter.get_tensor(int(fully_connected[0]["inputs"][1]))
+    np.testing.assert_allclose(np.sort(weights.ravel()), np.sort(model.layers[-1].kernel.numpy().T.ravel()), rtol=1e-6)
