@@ -104,7 +104,7 @@ def test_compiled_spec_runs_end_to_end_and_a_second_run_resolves_the_pushed_mode
     second = kubeflow_runner.run_here(config)
     assert second.pushed_dir and second.pushed_dir != first.pushed_dir, second.refusal
     # Continuous training: the Trainer warm-started from the model the first run pushed, on span 2.
-    assert second.outputs["FileBasedExampleGen"]["examples"][0]["metadata"]["span"] == 2
+    assert second.outputs["FileBasedExampleGen"]["examples"][0]["metadata"]["custom:span"] == 2  # KFP spelling
     pushed_model = first.outputs["Compressor"]["compressed_model"][0]["uri"]
     assert training(second)["start"] == f"warm-started from the latest pushed model {pushed_model}"
     assert {e["phase"] for e in training(second)["epochs"]} == {"warm start"}
