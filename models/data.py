@@ -3,6 +3,7 @@ decoded by the transform graph as they are read; nothing is written decoded, and
 images fit CACHE_DECODED_BYTES is held in memory."""
 import math
 import os
+import weakref
 from typing import List
 
 import tensorflow as tf
@@ -14,6 +15,17 @@ SHUFFLE_BUFFER_BYTES = 64 << 20  # the shuffle buffer holds at most this much of
 SHUFFLE_BUFFER_MAX = 10_000
 CACHE_DECODED_BYTES = 32 << 20  # a split whose decoded float images fit this is decoded once, kept in memory
 MIN_STEPS_PER_EPOCH = 20  # on tiny data an "epoch" (a validation interval) is several passes
+
+
+_LAYERS = weakref.WeakKeyDictionary()  # TFTransformOutput → its transform layer, loaded once per process
+
+
+def transform_layer(tft_output):
+    """The transform graph as a Keras layer, loaded once for every dataset and export that reads it (each
+    load takes about a second)."""
+    if tft_output not in _LAYERS:
+        _LAYERS[tft_output] = tft_output.transform_features_layer()
+    return _LAYERS[tft_output]
 
 
 class DataError(ValueError):
@@ -37,7 +49,7 @@ def dataset(fn_args, file_patterns: List[str], tft_output, batch_size: int, seed
     train: shuffled (seeded) and repeated forever (fit with steps_per_epoch); otherwise one ordered pass.
     augment: random training-only changes (models/augment.py) after decoding; never in a served graph.
     """
-    transform = tft_output.transform_features_layer()
+    transform = transform_layer(tft_output)
     image_values = math.prod(tft_output.transformed_feature_spec()[IMAGE_KEY].shape)
 
     def decode(features, label):

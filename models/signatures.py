@@ -22,6 +22,7 @@ import tempfile
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
+from models import data
 from models.contract import (CLASS_NAME_KEY, CLASS_NAMES_FILE, CLASSES, CLASSIFY, CLASSIFY_METHOD, IMAGE_KEY,
                              PREDICT_IMAGES, PREDICT_PIXELS, PROBABILITIES, SERVING_DEFAULT)
 from models.preprocessing import scale
@@ -51,7 +52,7 @@ class ServingModule(tf.Module):
         for variable in model.variables:
             name = ".".join(part for part in variable.name.split(":")[0].split("/") if part)
             self.weights[name if name not in self.weights else f"{name}_{len(self.weights)}"] = variable
-        self.tft_layer = tft_output.transform_features_layer()
+        self.tft_layer = data.transform_layer(tft_output)
         self.image_shape = tuple(int(d) for d in image_shape)
         spec = tft_output.raw_feature_spec()
         self._example_spec = {IMAGE_KEY: spec[IMAGE_KEY]}

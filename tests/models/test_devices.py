@@ -8,7 +8,7 @@ def test_no_gpu_means_cpu_in_float32():
     plan = plan_devices([])
     assert (plan.kind, plan.mixed_precision) == ("cpu", False)
     assert "CPU" in plan.describe() and plan.single_device == "/cpu:0"
-    assert isinstance(make_strategy(plan), tf.distribute.OneDeviceStrategy)
+    assert make_strategy(plan) is tf.distribute.get_strategy()  # the default: no per-pass dataset distribution
 
 
 def test_one_gpu_uses_mixed_precision_on_that_device():
