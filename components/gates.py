@@ -7,7 +7,10 @@ from typing import List, Optional
 import tensorflow as tf
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx.types import artifact_utils, standard_artifacts
-from tfx.v1.dsl.components import InputArtifact, OutputArtifact, Parameter, component
+# TFX's public names, imported from where they live: tfx.v1 would import every extension (Google Cloud AI
+# Platform among them, 2 s) into each Kubeflow task that runs this component.
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
 
 from components.compressor.report import MODEL_STAGES, CompressionReport, CompressionReportArtifact
 from models import contract

@@ -11,7 +11,10 @@ import os
 import tensorflow as tf
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx.types import standard_artifacts
-from tfx.v1.dsl.components import OutputArtifact, Parameter, component
+# TFX's public names, imported from where they live: tfx.v1 would import every extension (Google Cloud AI
+# Platform among them, 2 s) into each Kubeflow task that runs this component.
+from tfx.dsl.component.experimental.annotations import OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
 
 from models.contract import CLASS_NAME_KEY, IMAGE_KEY, LABEL_KEY
 

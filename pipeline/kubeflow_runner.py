@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from concurrent import futures
 import os
 import re
 import subprocess
@@ -62,17 +63,19 @@ def _constant(value: dict):
     raise ValueError(f"unsupported parameter value {value}")
 
 
+def _needs(tasks: dict, name: str) -> set:
+    """The tasks `name` waits for: its dependentTasks and the producers of its input artifacts."""
+    task = tasks[name]
+    producers = {a["taskOutputArtifact"]["producerTask"] for a in task.get("inputs", {}).get("artifacts", {}).values()
+                 if "taskOutputArtifact" in a}
+    return set(task.get("dependentTasks", [])) | producers
+
+
 def _order(tasks: dict) -> List[str]:
     """Task names, each after every task it depends on (dependentTasks and artifact producers)."""
-    def needs(name):
-        task = tasks[name]
-        producers = {a["taskOutputArtifact"]["producerTask"] for a in task.get("inputs", {}).get("artifacts", {}).values()
-                     if "taskOutputArtifact" in a}
-        return set(task.get("dependentTasks", [])) | producers
-
     done, order = set(), []
     while len(order) < len(tasks):
-        ready = sorted(n for n in tasks if n not in done and needs(n) <= done)
+        ready = sorted(n for n in tasks if n not in done and _needs(tasks, n) <= done)
         if not ready:
             raise ValueError(f"the spec's tasks have a cycle among {sorted(set(tasks) - done)}")
         order += ready
@@ -139,8 +142,33 @@ def _placeholders(text: str, inputs: Dict[str, List[dict]]) -> str:
     return re.sub(r"\{\{\$\.inputs\.artifacts\['([^']+)'\]\.metadata\['([^']+)'\]\}\}", value, text)
 
 
-def execute(spec_file: str, pipeline_root: str, beam_args: Optional[List[str]] = None) -> Dict[str, Dict[str, list]]:
-    """Executes every task of a compiled PipelineJob JSON; returns task → output key → artifacts."""
+def _run_container(name: str, container: dict, executor_input: dict, produced: dict, beam_args: List[str],
+                   task_root: str) -> None:
+    """Runs a task's steps (the driver's preCacheCheck, then the container) as their own processes; what each
+    step writes to the output file (the ExampleGen driver: the resolved span) updates `produced`."""
+    steps = [container["lifecycle"]["preCacheCheck"]] if "preCacheCheck" in container.get("lifecycle", {}) else []
+    log_path = os.path.join(task_root, "log.txt")
+    for step in steps + [container]:
+        argv = [sys.executable if part == "python" else part for part in step["command"]]
+        argv += [json.dumps(executor_input) if part == "{{$}}" else part for part in step["args"]]
+        if step is container:
+            argv += beam_args
+        with open(log_path, "a") as task_log:
+            code = subprocess.call(argv, stdout=task_log, stderr=subprocess.STDOUT,
+                                   env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
+        if code != 0:
+            raise TaskFailed(name, code, log_path)
+        with open(executor_input["outputs"]["outputFile"]) as f:
+            written = json.load(f).get("artifacts", {})
+        for key, artifacts in produced.items():
+            for artifact, update in zip(artifacts, written.get(key, {}).get("artifacts", [])):
+                artifact["metadata"].update(update.get("metadata", {}))
+
+
+def execute(spec_file: str, pipeline_root: str, beam_args: Optional[List[str]] = None,
+            parallel: Optional[int] = None) -> Dict[str, Dict[str, list]]:
+    """Executes every task of a compiled PipelineJob JSON; returns task → output key → artifacts. As KFP does,
+    tasks whose inputs are ready run at the same time (at most `parallel`, default one per CPU core)."""
     with open(spec_file) as f:
         job = json.load(f)
     spec = job.get("pipelineSpec", job)
@@ -149,14 +177,17 @@ def execute(spec_file: str, pipeline_root: str, beam_args: Optional[List[str]] =
     store = Store(pipeline_root)
     run_id = time.strftime("run-%Y%m%d-%H%M%S")
     outputs: Dict[str, Dict[str, list]] = {}
-    for name in _order(tasks):
+    order = _order(tasks)
+    done, running, started, failure = set(), {}, {}, None
+
+    def start(name: str) -> Optional[tuple]:
+        """Resolves or imports at once (returns None); else the container's work, to run in the pool."""
         task, component = tasks[name], components[tasks[name]["componentRef"]["name"]]
         executor = executors[component["executorLabel"]]
         inputs = {key: outputs.get(source["taskOutputArtifact"]["producerTask"], {}).get(
                       source["taskOutputArtifact"]["outputArtifactKey"], [])
                   for key, source in task.get("inputs", {}).get("artifacts", {}).items()}
         inputs = {key: artifacts for key, artifacts in inputs.items() if artifacts}  # optional inputs left empty
-        started = time.time()
         if "resolver" in executor:
             outputs[name] = {}
             for key, query in executor["resolver"]["outputArtifactQueries"].items():
@@ -166,12 +197,8 @@ def execute(spec_file: str, pipeline_root: str, beam_args: Optional[List[str]] =
                     found = None
                 outputs[name][key] = [found] if found else []
             log.info("%s: resolved %s", name, {k: [a["name"] for a in v] for k, v in outputs[name].items()})
-            continue
+            return None
         task_root = os.path.join(pipeline_root, run_id, name)
-        declared = component.get("outputDefinitions", {}).get("artifacts", {})
-        produced = {key: [{"name": f"{run_id}/{name}/{key}", "uri": os.path.join(task_root, key),
-                           "type": {"schemaTitle": _schema_title(d["artifactType"])}, "metadata": {}}]
-                    for key, d in declared.items()}
         if "importer" in executor:
             importer = executor["importer"]
             uri = _constant(task["inputs"]["parameters"]["artifact_uri"]) if "artifact_uri" in task.get(
@@ -180,7 +207,11 @@ def execute(spec_file: str, pipeline_root: str, beam_args: Optional[List[str]] =
                         "type": {"schemaTitle": _schema_title(importer["typeSchema"])}, "metadata": {}}
             store.add(artifact)
             outputs[name] = {"result": [artifact]}
-            continue
+            return None
+        declared = component.get("outputDefinitions", {}).get("artifacts", {})
+        produced = {key: [{"name": f"{run_id}/{name}/{key}", "uri": os.path.join(task_root, key),
+                           "type": {"schemaTitle": _schema_title(d["artifactType"])}, "metadata": {}}]
+                    for key, d in declared.items()}
         declared_parameters = task.get("inputs", {}).get("parameters", {})
         executor_input = {  # parameters in both spellings: Value protos (pipeline spec 2.0) and plain values
             "inputs": {"parameters": {key: value["runtimeValue"]["constantValue"] for key, value
@@ -191,33 +222,44 @@ def execute(spec_file: str, pipeline_root: str, beam_args: Optional[List[str]] =
             "outputs": {"artifacts": {key: {"artifacts": artifacts} for key, artifacts in produced.items()},
                         "outputFile": os.path.join(task_root, "executor_output.json")}}
         os.makedirs(task_root, exist_ok=True)
-        container = executor["container"]
-        steps = [container["lifecycle"]["preCacheCheck"]] if "preCacheCheck" in container.get("lifecycle", {}) else []
-        for step in steps + [container]:
-            argv = [sys.executable if part == "python" else part for part in step["command"]]
-            argv += [json.dumps(executor_input) if part == "{{$}}" else part for part in step["args"]]
-            if step is container:
-                argv += list(beam_args or [])
-            log_path = os.path.join(task_root, "log.txt")
-            with open(log_path, "a") as task_log:
-                code = subprocess.call(argv, stdout=task_log, stderr=subprocess.STDOUT,
-                                       env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
-            if code != 0:
+        return (name, executor["container"], executor_input, produced, list(beam_args or []), task_root)
+
+    with futures.ThreadPoolExecutor(parallel or os.cpu_count() or 1) as pool:
+        while len(done) < len(tasks) and failure is None:
+            progressed = True
+            while progressed:  # resolvers and importers answer at once and may make more tasks ready
+                progressed = False
+                for name in order:
+                    if name in done or name in running or not _needs(tasks, name) <= done:
+                        continue
+                    work = start(name)
+                    if work is None:
+                        done.add(name)
+                        progressed = True
+                    else:
+                        running[name], started[name] = pool.submit(_run_container, *work), time.time()
+                        outputs[name] = work[3]
+            if not running:
+                break
+            finished, _ = futures.wait(running.values(), return_when=futures.FIRST_COMPLETED)
+            for name in [n for n, f in running.items() if f in finished]:
+                future = running.pop(name)
+                try:
+                    future.result()
+                except TaskFailed as e:
+                    failure = failure or e
+                    continue
+                for artifacts in outputs[name].values():
+                    for artifact in artifacts:
+                        artifact["live"] = True
+                        store.add(artifact)
                 store.save()
-                raise TaskFailed(name, code, log_path)
-            # What each step wrote (the ExampleGen driver: the resolved span) updates the output artifacts.
-            with open(executor_input["outputs"]["outputFile"]) as f:
-                written = json.load(f).get("artifacts", {})
-            for key, artifacts in produced.items():
-                for artifact, update in zip(artifacts, written.get(key, {}).get("artifacts", [])):
-                    artifact["metadata"].update(update.get("metadata", {}))
-        for key, artifacts in produced.items():
-            for artifact in artifacts:
-                artifact["live"] = True
-                store.add(artifact)
-        store.save()
-        outputs[name] = produced
-        log.info("%s: done in %.1f s", name, time.time() - started)
+                done.add(name)
+                log.info("%s: done in %.1f s", name, time.time() - started[name])
+        futures.wait(running.values())  # a failure lets the tasks already running finish, as KFP does
+    store.save()
+    if failure is not None:
+        raise failure
     return outputs
 
 
