@@ -9,6 +9,7 @@ Ports open once every configured model has a version AVAILABLE; SIGTERM drains i
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -125,6 +126,10 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # TensorFlow's and the libraries' own objects never become garbage: frozen out of the collector's view, a
+    # full collection (which frees an unloaded version) walks only the models and requests.
+    gc.collect()
+    gc.freeze()
     repository = Repository(models, poll_seconds=args.file_system_poll_wait_seconds)
     core = InferenceCore(repository, batching, RequestLog(args.request_log_max_file_bytes,
                                                           args.request_log_max_file_seconds))

@@ -226,6 +226,8 @@ class InferenceCore:
         self.draining = False
         self._inflight = 0
         self._inflight_lock = threading.Condition()
+        self._last_request_end = time.monotonic()
+        repository.quiet_for = self.quiet_for  # unloaded versions are freed when requests pause
 
     @contextlib.contextmanager
     def track(self):
@@ -237,7 +239,12 @@ class InferenceCore:
         finally:
             with self._inflight_lock:
                 self._inflight -= 1
+                self._last_request_end = time.monotonic()
                 self._inflight_lock.notify_all()
+
+    def quiet_for(self) -> float:
+        """Seconds since the last request ended; 0 while one is in flight."""
+        return 0.0 if self._inflight else time.monotonic() - self._last_request_end
 
     def reconfigure(self, models: List) -> None:
         """Applies a new model set (ModelConfig list): versions, labels and request logging."""

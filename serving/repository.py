@@ -7,13 +7,14 @@ shard is present); half-written directories are retried on the next poll.
 from __future__ import annotations
 
 import dataclasses
+import math
 import gc
 import logging
 import os
 import re
 import threading
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 from google.protobuf import text_format
@@ -160,6 +161,8 @@ class Repository:
     """Keeps the wanted versions of every configured model loaded; resolves requests to servables."""
 
     SETTLE_SECONDS = 1.0  # a version with a file changed more recently than this is still being written
+    QUIET_SECONDS = 0.02  # unloaded versions are freed once no request has run for this long...
+    MAX_DEFER_SECONDS = 2.0  # ...or after this long under constant load
 
     def __init__(self, models: List[ModelConfig], poll_seconds: float = 1.0, on_load=None):
         self.models: Dict[str, ModelConfig] = {}
@@ -172,6 +175,12 @@ class Repository:
         self._retry: Dict[tuple, tuple] = {}  # (model, version) → (failures, next try, files when it failed)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        # How long no request has been in flight (the inference core sets it; inf: no requests to spare).
+        self.quiet_for: Callable[[], float] = lambda: math.inf
+        self._garbage: List[Servable] = []  # unloaded versions waiting to be freed
+        self._garbage_since = 0.0
+        self._reaper = threading.Condition()
+        threading.Thread(target=self._reap, name="version-reaper", daemon=True).start()
         self._apply(models)
 
     def _apply(self, models: List[ModelConfig]) -> List[Servable]:
@@ -245,13 +254,32 @@ class Repository:
                         log.info("Unloaded %s version %d", model.name, version)
         self._release(unloaded)
 
-    @staticmethod
-    def _release(servables: List[Servable]) -> None:
-        """Drops unloaded versions now: a SavedModel's objects form reference cycles that only a full
-        collection frees, so without it every swap would keep the old version's memory."""
+    def _release(self, servables: List[Servable]) -> None:
+        """Hands unloaded versions to the reaper: a SavedModel's objects form reference cycles that only a full
+        collection frees (without it every swap would keep the old version's memory), and a full collection
+        holds the GIL for tens of milliseconds, so it runs off the request path, when requests pause."""
         if servables:
+            with self._reaper:
+                if not self._garbage:
+                    self._garbage_since = time.monotonic()
+                self._garbage += servables
+                self._reaper.notify()
             servables.clear()
+
+    def _reap(self) -> None:
+        while not self._stop.is_set():
+            with self._reaper:
+                self._reaper.wait_for(lambda: self._garbage or self._stop.is_set())
+                while not self._stop.is_set() and self.quiet_for() < self.QUIET_SECONDS and \
+                        time.monotonic() - self._garbage_since < self.MAX_DEFER_SECONDS:
+                    self._reaper.wait(self.QUIET_SECONDS / 2)
+                count = len(self._garbage)
+                self._garbage.clear()
+            if not count:
+                continue
+            start = time.monotonic()
             gc.collect()
+            log.info("Freed %d unloaded version(s) in %.0f ms", count, 1000 * (time.monotonic() - start))
 
     def _due(self, name: str, version: int, path: str) -> bool:
         """A version that failed to load is retried after a growing wait, or at once when its files changed."""
@@ -331,6 +359,8 @@ class Repository:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._reaper:
+            self._reaper.notify()
 
     def all_available(self) -> bool:
         with self._lock:
