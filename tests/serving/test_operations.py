@@ -241,3 +241,37 @@ def test_reloads_that_are_not_a_model_config_list_change_nothing(tmp_path):
         assert serves_a()
     finally:
         server.stop()
+
+
+def test_an_unloaded_version_is_freed_off_the_request_path_once_requests_pause(tmp_path):
+    """The full collection an old version's reference cycles need holds the GIL for tens of ms: it waits
+    while requests are in flight, and frees the version as soon as they pause."""
+    import gc
+    import weakref
+
+    from serving.repository import ModelConfig, Repository
+
+    write_half_plus_two(str(tmp_path / "m" / "1"))
+    repository = Repository([ModelConfig("m", str(tmp_path / "m"))], poll_seconds=0)
+    repository.MAX_DEFER_SECONDS = 60.0
+    busy = threading.Event()
+    busy.set()
+    repository.quiet_for = lambda: 0.0 if busy.is_set() else 1.0
+    gc.disable()  # only the reaper collects in this test
+    try:
+        repository.start()
+        old = weakref.ref(repository.resolve("m"))
+        write_half_plus_two(str(tmp_path / "m" / "2"), a=1.0)
+        time.sleep(repository.SETTLE_SECONDS + 0.2)
+        repository.poll_once()
+        assert repository.resolve("m").version == 2 and repository.loaded_versions() == {"m": [2]}
+        time.sleep(0.5)
+        assert old() is not None  # requests in flight: not collected yet
+        busy.clear()
+        deadline = time.time() + 10
+        while old() is not None and time.time() < deadline:
+            time.sleep(0.05)
+        assert old() is None  # freed once requests paused
+    finally:
+        gc.enable()
+        repository.stop()
