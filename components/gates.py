@@ -130,11 +130,6 @@ def compression_checks(report: CompressionReport, max_accuracy_drop: float, targ
     return checks
 
 
-def compression_verdict(report: CompressionReport, max_accuracy_drop: float, target_sparsity: float = 0.0) -> str:
-    """Empty when compression stayed within both bounds, else why not (one sentence per failed check)."""
-    return "; ".join(c.detail for c in compression_checks(report, max_accuracy_drop, target_sparsity) if not c.passed)
-
-
 def _slice_name(slice_key) -> str:
     keys = list(slice_key.single_slice_keys)
     if not keys:

@@ -144,4 +144,5 @@ def latest_run(metadata_path: str, pipeline_name: str) -> RunResult:
 
 def refusal(verdict: Optional[Verdict], canary_refusal: str) -> str:
     """The failed checks of a gate's verdict and the Canary's reason, one per line."""
-    return "\n".join([str(c) for c in (verdict.failed if verdict else [])] + ([canary_refusal] if canary_refusal else []))
+    lines = [str(c) for c in (verdict.failed if verdict else [])]
+    return "\n".join(lines + ([canary_refusal] if canary_refusal else []))
