@@ -1,11 +1,41 @@
-"""The private TensorFlow behaviour this project relies on, in one place.
+"""The private TensorFlow and TFX behaviour this project relies on, in one place.
 
-Checked against tensorflow 2.16.2 and tf-keras 2.16.0 (requirements.txt); tests/models/test_compat.py
-fails when any of it changes. Nothing here runs at import.
+Checked against tensorflow 2.16.2, tf-keras 2.16.0 and tfx 1.16.0 (requirements.txt);
+tests/models/test_compat.py fails when any of it changes. Nothing here runs at import.
 """
 import contextlib
+import logging
+import time
 
-from tensorflow.python.autograph.core import config as autograph_config
+# What TFX's LocalDagRunner and launcher log (format strings; the component id is the argument). TFX has no
+# progress callback, so the CLI's progress lines come from these records.
+TFX_RUNNING, TFX_FINISHED, TFX_CACHED = "Component %s is running.", "Component %s is finished.", \
+    "A cached execution %d is used."
+
+
+class TfxProgress(logging.Filter):
+    """Keeps TFX's component start/finish records (as "X: running", "X: done in N s") and cache hits, drops
+    every other record of the logger it filters."""
+
+    def __init__(self):
+        super().__init__()
+        self.started = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:  # the CLI ends with the error itself; -v shows TFX's own report
+            return False
+        if record.msg == TFX_RUNNING and record.args:
+            self.started[record.args[0]] = time.time()
+            record.msg, record.args = f"{record.args[0]}: running", ()
+            return True
+        if record.msg == TFX_FINISHED and record.args:
+            took = time.time() - self.started.get(record.args[0], time.time())
+            record.msg, record.args = f"{record.args[0]}: done in {took:.1f} s", ()
+            return True
+        if record.msg == TFX_CACHED:
+            record.msg, record.args = "  (cache hit: outputs of an earlier run reused)", ()
+            return True
+        return False
 
 
 @contextlib.contextmanager
@@ -13,6 +43,8 @@ def tf_keras_not_converted():
     """While inside, AutoGraph leaves `tf_keras` alone as it leaves `keras`: without this it transpiles
     hundreds of tf_keras functions at every first fit (about 20 s a stage on 2 cores, measured). AutoGraph
     has no public API for a package-wide rule; its CONVERSION_RULES tuple is restored on exit."""
+    from tensorflow.python.autograph.core import config as autograph_config
+
     previous = autograph_config.CONVERSION_RULES
     autograph_config.CONVERSION_RULES = (autograph_config.DoNotConvert("tf_keras"),) + previous
     try:

@@ -239,33 +239,6 @@ def config_from_args(args, parser: argparse.ArgumentParser) -> cfg.PipelineConfi
     return config
 
 
-class _Progress(logging.Filter):
-    """Keeps TFX's component start/finish lines (with durations and cache hits), drops the rest."""
-
-    def __init__(self):
-        super().__init__()
-        self.started, self.cached = {}, set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if record.levelno >= logging.ERROR:  # the CLI ends with the error itself; -v shows TFX's own report
-            return False
-        if message.startswith("Component ") and message.endswith(" is running."):
-            name = message.split()[1]
-            self.started[name] = time.time()
-            record.msg, record.args = f"{name}: running", ()
-            return True
-        if message.startswith("Component ") and message.endswith(" is finished."):
-            name = message.split()[1]
-            took = time.time() - self.started.get(name, time.time())
-            record.msg, record.args = f"{name}: done in {took:.1f} s", ()
-            return True
-        if message.startswith("A cached execution"):
-            record.msg, record.args = "  (cache hit: outputs of an earlier run reused)", ()
-            return True
-        return False
-
-
 def _quiet(verbose: bool) -> None:
     import absl.logging
 
@@ -281,7 +254,9 @@ def _quiet(verbose: bool) -> None:
         logging.getLogger().setLevel(logging.WARNING)
         for name in ("pipeline", "models", "components"):
             logging.getLogger(name).setLevel(logging.INFO)
-        absl.logging.get_absl_logger().addFilter(_Progress())
+        from models import compat
+
+        absl.logging.get_absl_logger().addFilter(compat.TfxProgress())
         for handler in logging.getLogger().handlers:  # other libraries' errors (Beam's, with tracebacks) too
             handler.addFilter(lambda record: record.levelno < logging.ERROR)
 

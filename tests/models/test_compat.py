@@ -26,3 +26,25 @@ def test_tflite_ops_lists_each_op_with_its_input_tensors():
     assert len(fully_connected) == 1
     weights = interpreter.get_tensor(int(fully_connected[0]["inputs"][1]))
     np.testing.assert_allclose(np.sort(weights.ravel()), np.sort(model.layers[-1].kernel.numpy().T.ravel()), rtol=1e-6)
+
+
+def test_tfx_still_logs_component_progress_as_the_cli_reads_it():
+    import inspect
+    import logging
+
+    from tfx.orchestration.local import local_dag_runner
+    from tfx.orchestration.portable import launcher
+
+    runner = inspect.getsource(local_dag_runner)
+    assert repr(compat.TFX_RUNNING) in runner and repr(compat.TFX_FINISHED) in runner
+    assert repr(compat.TFX_CACHED) in inspect.getsource(launcher)
+    progress = compat.TfxProgress()
+
+    def record(msg, *args, level=logging.INFO):
+        return logging.LogRecord("absl", level, __file__, 1, msg, args, None)
+
+    running, other = record(compat.TFX_RUNNING, "Trainer"), record("Something else %s", "x")
+    assert progress.filter(running) and running.getMessage() == "Trainer: running"
+    finished = record(compat.TFX_FINISHED, "Trainer")
+    assert progress.filter(finished) and finished.getMessage().startswith("Trainer: done in ")
+    assert not progress.filter(other) and not progress.filter(record(compat.TFX_RUNNING, "X", level=logging.ERROR))
