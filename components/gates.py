@@ -16,6 +16,7 @@ from components.compressor.report import MODEL_STAGES, CompressionReport, Compre
 from models import contract
 
 CLASS_SLICE = contract.CLASS_NAME_KEY  # the example feature the Evaluator slices classes on
+ACCURACY_METRIC, ACCURACY_KEY = "SparseCategoricalAccuracy", "sparse_categorical_accuracy"  # TFMA's class, its key
 SERVED_MODEL_CHANGE = " change vs. the served model"  # ends a regression check's metric name
 SPARSITY_TOLERANCE = 0.005  # measured sparsity may fall this far under the target (rounding per layer)
 VERDICT_FILE = "verdict.json"  # in the QualityGate's blessing: every check (a Verdict)
@@ -154,14 +155,14 @@ def slice_metrics(evaluation_uri: str) -> dict:
             value, baseline = kv.value.double_value.value, kv.key.model_name == "baseline"
             if kv.key.name == "example_count" and not baseline:
                 entry["examples"] = int(value)
-            elif kv.key.name == "sparse_categorical_accuracy":
+            elif kv.key.name == ACCURACY_KEY:
                 entry["served_accuracy" if baseline else "accuracy"] = value
     return dict(sorted(found.items(), key=lambda item: (item[0] != "overall", item[0])))
 
 
 def evaluation_checks(evaluation_uri: str, min_slice_examples: int) -> List[Check]:
-    """Every threshold of the Evaluator's config on every slice it covers, passed or not (as the Evaluator
-    judged it); per-class checks of classes with fewer than `min_slice_examples` eval examples are not judged,
+    """Every accuracy threshold of the Evaluator's config (ACCURACY_METRIC: the figure slice_metrics reads) on
+    every slice it covers, passed or not (as the Evaluator judged it); per-class checks of classes with fewer than `min_slice_examples` eval examples are not judged,
     and a change threshold before any model is served has no value and is not judged."""
     import tensorflow_model_analysis as tfma
 
@@ -172,10 +173,7 @@ def evaluation_checks(evaluation_uri: str, min_slice_examples: int) -> List[Chec
             failures.add((_slice_name(per_slice.slice_key), failure.metric_key.name, failure.metric_key.is_diff))
     checks = []
     for spec in tfma.load_eval_result(evaluation_uri).config.metrics_specs:
-        for metric in spec.metrics:
-            metric_name = metric.class_name  # e.g. SparseCategoricalAccuracy
-            key = "".join("_" + ch.lower() if ch.isupper() else ch for ch in metric_name).lstrip("_")
-            label = key.replace("sparse_categorical_", "")
+        for metric in (m for m in spec.metrics if m.class_name == ACCURACY_METRIC):
             for per_slice in metric.per_slice_thresholds:
                 threshold = per_slice.threshold
                 by_class = any(list(s.feature_keys) == [CLASS_SLICE] for s in per_slice.slicing_specs)
@@ -185,15 +183,17 @@ def evaluation_checks(evaluation_uri: str, min_slice_examples: int) -> List[Chec
                     judged = name == "overall" or m["examples"] >= min_slice_examples
                     why = "" if judged else f"fewer than --min-slice-examples {min_slice_examples} eval examples"
                     if threshold.HasField("value_threshold"):
-                        checks.append(Check(label, name, m["accuracy"],
+                        checks.append(Check("accuracy", name, m["accuracy"],
                                             f">= {threshold.value_threshold.lower_bound.value:g}", m["examples"],
-                                            passed=(name, key, False) not in failures, judged=judged, why_not_judged=why))
+                                            passed=(name, ACCURACY_KEY, False) not in failures, judged=judged,
+                                            why_not_judged=why))
                     if threshold.HasField("change_threshold"):
                         served = m["served_accuracy"]
                         change = None if served is None or m["accuracy"] is None else m["accuracy"] - served
-                        checks.append(Check(label + SERVED_MODEL_CHANGE, name, change,
+                        checks.append(Check("accuracy" + SERVED_MODEL_CHANGE, name, change,
                                             f">= {threshold.change_threshold.absolute.value:+.4f}", m["examples"],
-                                            passed=(name, key, True) not in failures, judged=judged and served is not None,
+                                            passed=(name, ACCURACY_KEY, True) not in failures,
+                                            judged=judged and served is not None,
                                             why_not_judged=why or ("" if served is not None else "no model served yet")))
     return checks
 

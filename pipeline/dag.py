@@ -36,7 +36,7 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
     own floor; the QualityGate applies it only to classes with enough eval examples); the confusion matrix."""
     t = config.thresholds
     overall, per_class = tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[gates.CLASS_SLICE])
-    accuracy = tfma.MetricConfig(class_name="SparseCategoricalAccuracy", per_slice_thresholds=[
+    accuracy = tfma.MetricConfig(class_name=gates.ACCURACY_METRIC, per_slice_thresholds=[
         tfma.PerSliceMetricThreshold(slicing_specs=[overall], threshold=tfma.MetricThreshold(
             value_threshold=tfma.GenericValueThreshold(lower_bound={"value": t.min_accuracy}),
             change_threshold=tfma.GenericChangeThreshold(direction=tfma.MetricDirection.HIGHER_IS_BETTER,
