@@ -175,7 +175,7 @@ class Repository:
         self._retry: Dict[tuple, tuple] = {}  # (model, version) → (failures, next try, files when it failed)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        # How long no request has been in flight (the inference core sets it; inf: no requests to spare).
+        # How long no request has been in flight (the inference core sets it; inf: no core, nothing to wait for).
         self.quiet_for: Callable[[], float] = lambda: math.inf
         self._garbage: List[Servable] = []  # unloaded versions waiting to be freed
         self._garbage_since = 0.0
