@@ -26,8 +26,11 @@ $(STAMP): requirements.txt pyproject.toml
 run: $(STAMP)
 	$(PY) -m pipeline run $(ARGS)
 
+# Two workers, one per core; tests sharing a fixture stay on one worker (xdist_group), whole-pipeline tests first.
+PYTEST_WORKERS := -n 2 --dist loadgroup --no-loadscope-reorder
+
 test: $(STAMP) chromium
-	$(PY) -m pytest -x -v --durations=15 $(ARGS)
+	$(PY) -m pytest -x -v --durations=15 $(PYTEST_WORKERS) $(ARGS)
 
 # Headless Chromium (Debian's package) renders the HTML run report in the tests.
 chromium:

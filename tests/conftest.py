@@ -10,6 +10,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TARGET_SPARSITY = 0.8
 
 
+def pytest_collection_modifyitems(items):
+    """Whole-pipeline tests first: `make test` spreads the suite over two pytest-xdist workers (tests that share
+    a module or session fixture carry one `xdist_group`), and starting the long ones early lets both finish
+    together."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+
+
 def e2e_config(output_dir, **compression_overrides):
     """The pipeline's settings on the bundled digits, with epochs trimmed to keep `make test` short."""
     from pipeline.config import PipelineConfig

@@ -13,7 +13,7 @@ from components.gates import compression_checks
 from models import compression
 from tests.conftest import TARGET_SPARSITY, tfx_artifact
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("first_run")]
 
 
 def run_compressor(result, out, **params):

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tests.conftest import e2e_config
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("first_run")]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Runs run_fn in a fresh process (argv: examples uri, transform graph uri, output dir) and prints its peak RSS.

@@ -21,7 +21,7 @@ from models import compression
 from pipeline import local_runner
 from tests.conftest import TARGET_SPARSITY, e2e_config
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("first_run")]
 make_config = e2e_config
 
 

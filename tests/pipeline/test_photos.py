@@ -11,7 +11,7 @@ import tensorflow as tf
 from benchmarks.photos import write_photo_folder
 from pipeline import lineage
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("photo_run")]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

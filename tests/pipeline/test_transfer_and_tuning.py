@@ -12,7 +12,7 @@ from components.ingest import formats
 from pipeline import local_runner
 from pipeline.config import PipelineConfig
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("base_model_on_0_to_4")]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

@@ -17,6 +17,8 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 
 from tests.serving.conftest import start_server, write_half_plus_two
 
+pytestmark = pytest.mark.xdist_group("serving_contract")
+
 
 def http(server, method, path, body=None, raw=None):
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)

@@ -14,6 +14,8 @@ from tensorflow_serving.apis import (classification_pb2, model_service_pb2_grpc,
 from tests.serving import fuzz
 from tests.serving.test_contract import http
 
+pytestmark = pytest.mark.xdist_group("serving_hardening")
+
 
 def stub(server):
     return prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc))

@@ -15,6 +15,8 @@ from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grp
 from tests.serving.conftest import start_server, write_half_plus_two
 from tests.serving.test_contract import http
 
+pytestmark = pytest.mark.xdist_group("serving_operations")
+
 
 def write_warmup(version_dir, signature="serving_default", count=3):
     os.makedirs(os.path.join(version_dir, "assets.extra"), exist_ok=True)
