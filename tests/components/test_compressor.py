@@ -1,4 +1,5 @@
-"""The Compressor's executor on the real artifacts of a pipeline run: stages on and off, sparsity, report."""
+"""The Compressor's executor on artifacts written by the upstream executors (no pipeline): stages on and off,
+sparsity, report."""
 import os
 
 import numpy as np
@@ -13,17 +14,15 @@ from components.gates import compression_checks
 from models import compression
 from tests.conftest import TARGET_SPARSITY, tfx_artifact
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("first_run")]
+pytestmark = pytest.mark.xdist_group("component_inputs")
 
 
-def run_compressor(result, out, **params):
-    """Runs the Compressor executor on `result`'s Trainer model, examples and transform graph; returns its report."""
+def run_compressor(uris, out, **params):
+    """Runs the Compressor executor on a Trainer model, its examples and transform graph; returns its report."""
     inputs = {
-        "model": [tfx_artifact(standard_artifacts.Model, result.uri("Trainer", "model"))],
-        "examples": [tfx_artifact(standard_artifacts.Examples, result.uri("FileBasedExampleGen", "examples"),
-                                  splits=("train", "eval"))],
-        "transform_graph": [tfx_artifact(standard_artifacts.TransformGraph,
-                                         result.uri("Transform", "transform_graph"))],
+        "model": [tfx_artifact(standard_artifacts.Model, uris["model"])],
+        "examples": [tfx_artifact(standard_artifacts.Examples, uris["examples"], splits=("train", "eval"))],
+        "transform_graph": [tfx_artifact(standard_artifacts.TransformGraph, uris["transform_graph"])],
     }
     outputs = {"compressed_model": [tfx_artifact(standard_artifacts.Model, str(out / "model"))],
                "report": [tfx_artifact(CompressionReportArtifact, str(out / "report"))],
@@ -36,9 +35,8 @@ def run_compressor(result, out, **params):
 
 
 @pytest.mark.parametrize("prune, qat", [(True, False), (False, True)])
-def test_switching_stages_off_changes_the_artifacts(first_run, tmp_path, prune, qat):
-    _, result = first_run
-    report = run_compressor(result, tmp_path, prune=int(prune), qat=int(qat))
+def test_switching_stages_off_changes_the_artifacts(component_inputs, tmp_path, prune, qat):
+    report = run_compressor(component_inputs, tmp_path, prune=int(prune), qat=int(qat))
     serving_dir = str(tmp_path / "model" / "Format-Serving")
     with open(os.path.join(serving_dir, "saved_model.pb"), "rb") as f:
         assert (b"FakeQuantWithMinMaxVars" in f.read()) == qat
@@ -59,15 +57,14 @@ def test_switching_stages_off_changes_the_artifacts(first_run, tmp_path, prune, 
     assert os.path.isdir(tmp_path / "run" / ("pruned" if prune else "pqat") / "train")  # TensorBoard logs
 
 
-def test_pruning_that_stops_short_of_the_target_is_refused(first_run, tmp_path, monkeypatch):
+def test_pruning_that_stops_short_of_the_target_is_refused(component_inputs, tmp_path, monkeypatch):
     """A schedule that ends after the run does (the old fixed 0.7-of-steps, every-10-steps schedule on a
     short run) leaves the model under its target; the gate names both sparsities."""
     import tensorflow_model_optimization as tfmot
 
-    _, result = first_run
     monkeypatch.setattr(compression, "pruning_schedule", lambda steps, target: tfmot.sparsity.keras.PolynomialDecay(
         initial_sparsity=0.0, final_sparsity=target, begin_step=0, end_step=10 * steps, frequency=10))
-    report = run_compressor(result, tmp_path, qat=0)
+    report = run_compressor(component_inputs, tmp_path, qat=0)
     measured = report.stages["pruned"].sparsity
     assert measured < TARGET_SPARSITY - 0.1
     verdict = "; ".join(c.detail for c in compression_checks(report, 1.0, TARGET_SPARSITY) if not c.passed)

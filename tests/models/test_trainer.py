@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tests.conftest import e2e_config
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("first_run")]
+pytestmark = pytest.mark.xdist_group("component_inputs")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Runs run_fn in a fresh process (argv: examples uri, transform graph uri, output dir) and prints its peak RSS.
@@ -42,15 +42,14 @@ def write_split(source_files, target_dir, copies: int) -> int:
     return len(records) * copies
 
 
-def peak_rss_mb(first_run, tmp_path, copies: int) -> float:
-    output, result = first_run
-    transformed = result.uri("FileBasedExampleGen", "examples")
+def peak_rss_mb(component_inputs, tmp_path, copies: int) -> float:
+    transformed = component_inputs["examples"]
     examples = tmp_path / f"examples_{copies}"
     for split in ("train", "eval"):
         write_split(tf.io.gfile.glob(os.path.join(transformed, f"Split-{split}", "*")),
                     str(examples / f"Split-{split}"), copies if split == "train" else 1)
-    config = json.dumps(e2e_config(output).trainer_config((8, 8, 1), [str(i) for i in range(10)]))
-    proc = subprocess.run([sys.executable, "-c", RUN_FN, str(examples), result.uri("Transform", "transform_graph"),
+    config = json.dumps(e2e_config(tmp_path).trainer_config((8, 8, 1), [str(i) for i in range(10)]))
+    proc = subprocess.run([sys.executable, "-c", RUN_FN, str(examples), component_inputs["transform_graph"],
                            str(tmp_path / f"out_{copies}"), config], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -60,8 +59,8 @@ def peak_rss_mb(first_run, tmp_path, copies: int) -> float:
     return float(proc.stdout.split("PEAK_RSS_MB")[-1])
 
 
-def test_trainer_streams_its_input_so_memory_does_not_grow_with_the_split(first_run, tmp_path):
+def test_trainer_streams_its_input_so_memory_does_not_grow_with_the_split(component_inputs, tmp_path):
     """A train split 100x larger (~144k examples, ~37 MB as float32 once decoded, several times that as
     parsed tf.Examples) must not raise the Trainer's peak RSS: nothing collects a split into memory."""
-    small, large = peak_rss_mb(first_run, tmp_path, 2), peak_rss_mb(first_run, tmp_path, 200)
+    small, large = peak_rss_mb(component_inputs, tmp_path, 2), peak_rss_mb(component_inputs, tmp_path, 200)
     assert large - small < 30, (small, large)
