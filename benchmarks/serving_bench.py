@@ -3,6 +3,8 @@
 - Single-example predict latency and throughput, REST (a new connection per request, and one keep-alive
   connection) and gRPC, 1 and 8 clients, with and without batching, against the in-process signature call.
   Targets: gRPC p50 <= 1.5x in-process; REST keep-alive p50 <= 2x.
+- --clients (32) closed-loop gRPC callers (benchmarks/grpc_load.py, its own process) with and without
+  batching (--batching_parameters). Targets: batching >= 3x the requests/s, and >= 2,000 requests/s.
 - The first request after a hot swap, with and without the warm-up file, against the steady p50 (target with
   warm-up <= 2x).
 - Server RSS across --swaps hot swaps against after the first (target <= 1.05x).
@@ -58,6 +60,25 @@ def load(call, clients: int, requests: int, seconds: float):
     for t in threads:
         t.join()
     return latency_stats(samples, time.perf_counter() - start)
+
+
+def grpc_load(address: str, model_name: str, pixels, clients: int, seconds: float, workdir: str) -> dict:
+    """Requests/s and latency of `clients` concurrent single-example gRPC Predict callers (benchmarks/grpc_load.py,
+    in its own process)."""
+    import subprocess
+
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = model_name, "predict_pixels"
+    request.inputs["pixels"].CopyFrom(tf.make_tensor_proto(pixels))  # as TF Serving's example clients build it
+    path = os.path.join(workdir, "predict_request.bin")
+    with open(path, "wb") as f:
+        f.write(request.SerializeToString())
+    out = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "grpc_load.py"),
+                          address, path, str(clients), str(seconds)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def rss_mb(pid: int) -> float:
@@ -153,6 +174,11 @@ def main() -> None:
     parser.add_argument("--model_name", default="digits")
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--batching_parameters", default="max_batch_size { value: 32 } "
+                        "batch_timeout_micros { value: 3000 } num_batch_threads { value: 1 }",
+                        help="the batching server's --batching_parameters_file (TF Serving's text format)")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent gRPC callers for the batching figures")
+    parser.add_argument("--load_seconds", type=float, default=10.0, help="length of each closed-loop gRPC load")
     parser.add_argument("--swaps", type=int, default=50, help="hot swaps for the RSS and first-request figures")
     parser.add_argument("--fuzz", type=int, default=0, help="random mutations in the fuzz corpus (0: no fuzz run)")
     args = parser.parse_args()
@@ -171,18 +197,24 @@ def main() -> None:
     tensor = tf.constant(pixels)
     in_process = load(lambda: signature(pixels=tensor), 1, args.requests, args.seconds)
 
-    results = {"in_process": in_process}
+    results = {"in_process": in_process, "batching_parameters": args.batching_parameters}
     workdir = tempfile.mkdtemp(prefix="serving_bench_")
     for batching in (False, True):
+        batching_file = os.path.join(workdir, "batching_parameters.txt")
+        with open(batching_file, "w") as f:
+            f.write(args.batching_parameters)
         server = start_server([f"--model_name={args.model_name}", f"--model_base_path={args.model_base_path}",
-                               "--file_system_poll_wait_seconds=0"] + (["--enable_batching"] if batching else []),
-                              workdir)
+                               "--file_system_poll_wait_seconds=0"]
+                              + ([f"--enable_batching", f"--batching_parameters_file={batching_file}"] if batching
+                                 else []), workdir)
         try:
             rest, grpc_client = RestClient(server.rest, args.model_name), GrpcClient(server.grpc, args.model_name)
             body = json.dumps({"signature_name": "predict_pixels", "instances": pixels.tolist()}).encode()
             calls = {"rest": lambda: rest.predict({"pixels": pixels}, signature="predict_pixels"),
                      "rest_keep_alive": keep_alive_call(server.rest, f"/v1/models/{args.model_name}:predict", body),
                      "grpc": lambda: grpc_client.predict({"pixels": pixels}, signature="predict_pixels")}
+            results[f"grpc_{args.clients}_clients_closed_loop" + ("_batching" if batching else "")] = grpc_load(
+                server.grpc, args.model_name, pixels, args.clients, args.load_seconds, workdir)
             for door, call in calls.items():
                 for clients in ((1,) if door == "rest_keep_alive" else (1, 8) if not batching else (8,)):
                     if clients == 1 and batching:
@@ -204,6 +236,9 @@ def main() -> None:
         "rest_keep_alive_p50_over_in_process": round(results["rest_keep_alive_1_clients"]["p50_ms"] / base, 2),
         "grpc_8_clients_batching_rps_over_no_batching": round(
             results["grpc_8_clients_batching"]["requests_per_s"] / results["grpc_8_clients"]["requests_per_s"], 2),
+        f"grpc_{args.clients}_clients_batching_rps_over_no_batching": round(
+            results[f"grpc_{args.clients}_clients_closed_loop_batching"]["requests_per_s"]
+            / results[f"grpc_{args.clients}_clients_closed_loop"]["requests_per_s"], 2),
         "rest_8_clients_batching_rps_over_no_batching": round(
             results["rest_8_clients_batching"]["requests_per_s"] / results["rest_8_clients"]["requests_per_s"], 2),
     }

@@ -68,20 +68,13 @@ def _bool(text: str) -> bool:
 
 
 def load_batching(path):
-    """BatchingParameters from TF Serving's text format (`max_batch_size { value: 32 }` ...)."""
-    import re
-
+    """BatchingParameters from TF Serving's text format; the defaults without a file."""
     from serving.core import BatchingParameters
 
-    params = BatchingParameters()
-    if path:
-        with open(path) as f:
-            text = f.read()
-        for field, value in re.findall(r"(\w+)\s*\{\s*value\s*:\s*(\d+)\s*\}", text):
-            if not hasattr(params, field):
-                raise ValueError(f"{path}: unsupported batching parameter '{field}'")
-            setattr(params, field, int(value))
-    return params
+    if not path:
+        return BatchingParameters()
+    with open(path) as f:
+        return BatchingParameters.parse(f.read(), where=path)
 
 
 def watch_config(path: str, seconds: float, apply, stop: threading.Event) -> None:

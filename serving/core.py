@@ -1,10 +1,12 @@
 """The inference core under both front doors: validate inputs against a signature, run, batch, count."""
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import dataclasses
-import queue
+import functools
+import os
 import re
 import threading
 import time
@@ -12,6 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import error_codes_pb2 as errors_pb2
 
@@ -34,6 +37,7 @@ def input_specs(function) -> Dict[str, tf.TensorSpec]:
     return dict(function.structured_input_signature[1])
 
 
+@functools.lru_cache(maxsize=None)
 def dtype_name(dtype) -> str:
     """TF's name of a dtype as its error messages write it: float, double, int64, string, ..."""
     if isinstance(dtype, np.dtype) and dtype.kind in "OSU":
@@ -88,68 +92,216 @@ def run(function, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- batching
-@dataclasses.dataclass
+def _batching_parameters_message():
+    """TF Serving's BatchingParameters message (session_bundle_config.proto, which the tensorflow-serving-api
+    wheel does not ship), so that a --batching_parameters_file parses as the model server parses it."""
+    F = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(name="serving/batching_parameters.proto", package="tensorflow.serving",
+                                              syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
+    message = file.message_type.add(name="BatchingParameters")
+    for number, (name, kind) in enumerate([
+            ("max_batch_size", "Int64Value"), ("batch_timeout_micros", "Int64Value"),
+            ("max_enqueued_batches", "Int64Value"), ("num_batch_threads", "Int64Value"),
+            ("thread_pool_name", "StringValue"), ("allowed_batch_sizes", "repeated int64"),
+            ("pad_variable_length_inputs", "bool"), ("max_execution_batch_size", "Int64Value"),
+            ("enable_large_batch_splitting", "bool")], start=1):
+        if kind == "bool":
+            message.field.add(name=name, number=number, label=F.LABEL_OPTIONAL, type=F.TYPE_BOOL)
+        elif kind == "repeated int64":
+            message.field.add(name=name, number=number, label=F.LABEL_REPEATED, type=F.TYPE_INT64)
+        else:
+            message.field.add(name=name, number=number, label=F.LABEL_OPTIONAL, type=F.TYPE_MESSAGE,
+                              type_name=f".google.protobuf.{kind}")
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
+    pool.Add(file)
+    return message_factory.MessageFactory(pool).GetPrototype(
+        pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+
+
+@dataclasses.dataclass(frozen=True)
 class BatchingParameters:
+    """TF Serving's batching settings, with the same meaning; a field the file leaves unset takes these values.
+
+    max_batch_size: the most rows a request may have and a batch may hold (unless large batches are split).
+    batch_timeout_micros: how long the oldest request of an unfilled batch waits for others before it runs.
+    max_enqueued_batches: batches' worth of rows a queue holds; a request beyond is UNAVAILABLE.
+    num_batch_threads: threads running batches, shared by every model, version and signature.
+    allowed_batch_sizes: when set, a batch is padded up to the next of these sizes (the last is the largest).
+    enable_large_batch_splitting: a request over max_execution_batch_size rows is split across batches.
+    pad_variable_length_inputs: accepted; requests are only merged with requests of the same row shape, so
+    nothing needs padding. thread_pool_name: accepted (one pool serves every model).
+    """
     max_batch_size: int = 32
     batch_timeout_micros: int = 1000
     max_enqueued_batches: int = 100
-    num_batch_threads: int = 4
+    num_batch_threads: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
+    allowed_batch_sizes: Tuple[int, ...] = ()
+    pad_variable_length_inputs: bool = False
+    enable_large_batch_splitting: bool = False
+    max_execution_batch_size: int = 0  # 0: max_batch_size
+
+    @classmethod
+    def parse(cls, text: str, where: str = "batching parameters") -> "BatchingParameters":
+        """From TF Serving's text format (`max_batch_size { value: 32 } allowed_batch_sizes: 8 ...`)."""
+        try:
+            message = text_format.Parse(text, _batching_parameters_message()())
+        except text_format.ParseError as e:
+            raise ValueError(f"{where}: {e}") from e
+        values = {}
+        for field in dataclasses.fields(cls):
+            if field.name == "allowed_batch_sizes":
+                values[field.name] = tuple(message.allowed_batch_sizes)
+            elif field.type == "bool":
+                values[field.name] = getattr(message, field.name)
+            elif message.HasField(field.name):
+                values[field.name] = getattr(message, field.name).value
+        params = cls(**values)
+        params.check(where)
+        return params
+
+    @property
+    def execution_batch_size(self) -> int:
+        """The most rows one batch runs."""
+        return (self.max_execution_batch_size or self.max_batch_size) if self.enable_large_batch_splitting \
+            else self.max_batch_size
+
+    def check(self, where: str) -> None:
+        for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
+            if getattr(self, name) < (0 if name == "batch_timeout_micros" else 1):
+                raise ValueError(f"{where}: {name} must be positive")
+        sizes = self.allowed_batch_sizes
+        if sizes:
+            if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
+                raise ValueError(f"{where}: allowed_batch_sizes entries must be monotonically increasing")
+            if sizes[-1] != self.execution_batch_size:
+                what = "max_execution_batch_size" if self.enable_large_batch_splitting else "max_batch_size"
+                raise ValueError(f"{where}: final entry in allowed_batch_sizes must equal {what} "
+                                 f"({sizes[-1]} != {self.execution_batch_size})")
 
 
 class _Task:
-    def __init__(self, inputs, function):
-        self.inputs, self.rows, self.function = inputs, len(next(iter(inputs.values()))), function
-        self.done, self.outputs, self.error = threading.Event(), None, None
+    __slots__ = ("inputs", "rows", "function", "enqueued", "done", "outputs", "error")
+
+    def __init__(self, inputs, rows, function, done):
+        self.inputs, self.rows, self.function, self.done = inputs, rows, function, done
+        self.enqueued, self.outputs, self.error = time.monotonic(), None, None
+
+
+def _resolve(futures) -> None:
+    for future in futures:
+        if not future.done():  # a cancelled call's future is left as it is
+            future.set_result(None)
 
 
 class Batcher:
-    """Merges concurrent requests of the same servable, signature and row shape into one call."""
+    """Merges concurrent requests of the same servable, signature and row shape into one call, as TF Serving's
+    shared batch scheduler does: one queue per kind of request and `num_batch_threads` threads for all queues;
+    a queue's batch runs as soon as it is full, or when its oldest request has waited `batch_timeout_micros`."""
 
     def __init__(self, params: BatchingParameters):
         self.params = params
-        self._queues: Dict[tuple, "queue.Queue[_Task]"] = {}
-        self._lock = threading.Lock()
+        self._limit = params.execution_batch_size
+        self._capacity = params.max_enqueued_batches * self._limit
+        self._timeout = params.batch_timeout_micros / 1e6
+        self._queues: Dict[tuple, collections.deque] = {}  # key → tasks, oldest first
+        self._rows: Dict[tuple, int] = {}
+        self._ready = threading.Condition()
         self.batches = collections.Counter()  # batch size → count, for the metrics
+        for i in range(params.num_batch_threads):
+            threading.Thread(target=self._work, name=f"batch-{i}", daemon=True).start()
 
     def __call__(self, servable, name, function, inputs):
-        if any(a.ndim == 0 for a in inputs.values()) or len({len(a) for a in inputs.values()}) != 1:
+        """Runs `inputs` in a batch; blocks the calling thread until it ran."""
+        tasks = self._schedule(servable, name, function, inputs, threading.Event)
+        if tasks is None:
             return run(function, inputs)
-        # Tasks carry their function: the workers hold no servable, so an unloaded version can be freed.
+        for task in tasks:
+            task.done.wait()
+        return self._outputs(tasks)
+
+    async def run_async(self, servable, name, function, inputs):
+        """Runs `inputs` in a batch; the caller's event loop serves other requests meanwhile."""
+        loop = asyncio.get_running_loop()
+        tasks = self._schedule(servable, name, function, inputs, loop.create_future)
+        if tasks is None:
+            return await loop.run_in_executor(None, run, function, inputs)
+        for task in tasks:
+            await task.done
+        return self._outputs(tasks)
+
+    def _schedule(self, servable, name, function, inputs, done) -> Optional[List[_Task]]:
+        """Queues `inputs` (split in pieces of at most the execution batch size); None if they cannot be batched
+        (a scalar, or inputs of different lengths). `done()` makes each task's signal: a threading.Event or an
+        asyncio future, set once its batch ran."""
+        if any(a.ndim == 0 for a in inputs.values()) or len({len(a) for a in inputs.values()}) != 1:
+            return None
+        rows = len(next(iter(inputs.values())))
+        if rows > self.params.max_batch_size:
+            raise ServingError("INVALID_ARGUMENT", f"Task size {rows} is larger than maximum input batch size "
+                                                   f"{self.params.max_batch_size}")
+        # Tasks carry their function: the threads hold no servable, so an unloaded version can be freed.
         key = (servable.name, servable.version, name,
                tuple((k, a.shape[1:], a.dtype.str) for k, a in sorted(inputs.items())))
-        with self._lock:
-            if key not in self._queues:
-                self._queues[key] = queue.Queue(self.params.max_enqueued_batches * self.params.max_batch_size)
-                for _ in range(self.params.num_batch_threads):
-                    threading.Thread(target=self._work, args=(self._queues[key],), daemon=True).start()
-        task = _Task(inputs, function)
-        try:
-            self._queues[key].put_nowait(task)
-        except queue.Full:
-            raise ServingError("UNAVAILABLE", "The batch scheduling queue to which this task was submitted is full")
-        task.done.wait()
-        if task.error:
-            raise task.error
-        return task.outputs
+        pieces = [inputs] if rows <= self._limit else [{k: a[start:start + self._limit] for k, a in inputs.items()}
+                                                       for start in range(0, rows, self._limit)]
+        with self._ready:
+            queued = self._rows.get(key, 0)
+            if queued + rows > self._capacity:
+                raise ServingError("UNAVAILABLE", "The batch scheduling queue to which this task was submitted is full")
+            tasks = [_Task(piece, len(next(iter(piece.values()))), function, done()) for piece in pieces]
+            self._queues.setdefault(key, collections.deque()).extend(tasks)
+            self._rows[key] = queued + rows
+            if queued == 0 or queued + rows >= self._limit:  # a new oldest request, or a full batch: wake a thread
+                self._ready.notify()
+        return tasks
 
-    def _work(self, tasks: "queue.Queue[_Task]") -> None:
+    @staticmethod
+    def _outputs(tasks: List[_Task]) -> Dict[str, np.ndarray]:
+        for task in tasks:
+            if task.error:
+                raise task.error
+        if len(tasks) == 1:
+            return tasks[0].outputs
+        return {k: np.concatenate([t.outputs[k] for t in tasks]) for k in tasks[0].outputs}
+
+    def _next_batch(self) -> List[_Task]:
+        """Waits for a queue whose batch is due (full, or its oldest request timed out); takes that batch."""
+        with self._ready:
+            while True:
+                now, due, wait = time.monotonic(), None, None
+                for key, tasks in self._queues.items():
+                    age = now - tasks[0].enqueued
+                    if self._rows[key] >= self._limit or age >= self._timeout:
+                        if due is None or age > now - self._queues[due][0].enqueued:
+                            due = key  # the longest-waiting due queue first
+                    else:
+                        wait = min(wait, self._timeout - age) if wait is not None else self._timeout - age
+                if due is not None:
+                    break
+                self._ready.wait(wait)
+            tasks, batch, rows = self._queues[due], [], 0
+            while tasks and rows + tasks[0].rows <= self._limit:
+                batch.append(tasks.popleft())
+                rows += batch[-1].rows
+            self._rows[due] -= rows
+            if tasks:
+                self._ready.notify()  # what is left needs a thread: another full batch, or its oldest's timeout
+            else:
+                del self._queues[due], self._rows[due]  # no key outlives its requests
+            return batch
+
+    def _work(self) -> None:
         while True:
-            batch = [tasks.get()]
-            deadline = time.monotonic() + self.params.batch_timeout_micros / 1e6
-            rows = batch[0].rows
-            while rows < self.params.max_batch_size:
-                try:
-                    task = tasks.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if rows + task.rows > self.params.max_batch_size or task.function is not batch[0].function:
-                    tasks.put(task)  # next batch
-                    break
-                batch.append(task)
-                rows += task.rows
-            self.batches[rows] += 1
+            batch = self._next_batch()
+            rows = sum(t.rows for t in batch)
+            size = next((s for s in self.params.allowed_batch_sizes if s >= rows), rows)
+            self.batches[size] += 1
             try:
-                merged = {k: np.concatenate([t.inputs[k] for t in batch]) for k in batch[0].inputs}
+                merged = {k: np.concatenate([t.inputs[k] for t in batch]) if len(batch) > 1 else batch[0].inputs[k]
+                          for k in batch[0].inputs}
+                if size > rows:  # padded with copies of the first row, as TF Serving pads to an allowed size
+                    merged = {k: np.concatenate([v, np.repeat(v[:1], size - rows, axis=0)]) for k, v in merged.items()}
                 outputs = run(batch[0].function, merged)
                 start = 0
                 for t in batch:
@@ -161,9 +313,15 @@ class Batcher:
             except Exception as e:  # never leave a caller waiting
                 for t in batch:
                     t.error = ServingError("INTERNAL", str(e))
+            finished = collections.defaultdict(list)  # one wake-up per event loop, not per request
             for t in batch:
-                t.done.set()
-            batch = merged = outputs = task = t = None  # hold no servable while idle
+                if isinstance(t.done, threading.Event):
+                    t.done.set()
+                else:
+                    finished[t.done.get_loop()].append(t.done)
+            for loop, waiting in finished.items():
+                loop.call_soon_threadsafe(_resolve, waiting)
+            batch = merged = outputs = t = None  # hold no servable while idle
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -270,6 +428,15 @@ class InferenceCore:
         if self.batcher is not None:
             return name, self.batcher(servable, name, function, checked)
         return name, run(function, checked)
+
+    async def predict_async(self, servable: Servable, signature_name: str,
+                            inputs: Dict[str, np.ndarray]) -> Tuple[str, Dict[str, np.ndarray]]:
+        """`predict` for an event loop: the model runs on a batch thread or in the loop's executor."""
+        name, function = signature_of(servable, signature_name)
+        checked = check_inputs(function, inputs)
+        if self.batcher is not None:
+            return name, await self.batcher.run_async(servable, name, function, checked)
+        return name, await asyncio.get_running_loop().run_in_executor(None, run, function, checked)
 
     def examples_call(self, servable: Servable, signature_name: str, serialized: List[bytes], kind: str):
         """Runs a classify or regress signature (`kind`) on serialized tf.Examples, checked as TF Serving checks it."""

@@ -1,11 +1,14 @@
 """TF Serving's gRPC API (tensorflow-serving-api protos) over the inference core, plus grpc.health.v1."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import math
 import os
 import threading
 import time
 from concurrent import futures
+from typing import Optional
 
 import grpc
 import numpy as np
@@ -31,8 +34,21 @@ _TYPED_FIELD = {
 }
 
 
+# The common numeric dtypes: requests decoded straight into numpy, answers written without TensorFlow's helpers.
+_NUMERIC = {types_pb2.DT_FLOAT: np.dtype(np.float32), types_pb2.DT_DOUBLE: np.dtype(np.float64),
+            types_pb2.DT_INT32: np.dtype(np.int32), types_pb2.DT_INT64: np.dtype(np.int64)}
+_ENUM_OF = {dtype: enum for enum, dtype in _NUMERIC.items()}
+
+
 def tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
     """`array` in the typed repeated field of its dtype, as TF Serving answers (official clients read .float_val)."""
+    enum = _ENUM_OF.get(array.dtype) or (types_pb2.DT_STRING if array.dtype == object else None)
+    if enum is not None:
+        proto = tensor_pb2.TensorProto(dtype=enum)
+        for size in array.shape:
+            proto.tensor_shape.dim.add(size=size)
+        getattr(proto, _TYPED_FIELD[enum]).extend(array.reshape(-1).tolist())  # bytes for a string tensor
+        return proto
     dtype = tf.string if array.dtype == object or array.dtype.kind in "SU" else tf.as_dtype(array.dtype)
     proto = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum,
                                    tensor_shape=tf.TensorShape(array.shape).as_proto())
@@ -54,11 +70,19 @@ def tensor_array(proto: tensor_pb2.TensorProto, name: str, max_bytes: int) -> np
         raise ServingError("INVALID_ARGUMENT", f"input '{name}': dtype "
                                                f"{types_pb2.DataType.Name(proto.dtype) if proto.dtype in types_pb2.DataType.values() else proto.dtype}"
                                                " is not supported in a request")
-    size = int(np.prod(dims, dtype=object)) * (tf.as_dtype(proto.dtype).size if proto.dtype != types_pb2.DT_STRING else 1)
+    count, dtype = math.prod(dims), _NUMERIC.get(proto.dtype)
+    size = count * (dtype.itemsize if dtype is not None else
+                    tf.as_dtype(proto.dtype).size if proto.dtype != types_pb2.DT_STRING else 1)
     if size > max_bytes:
         raise ServingError("INVALID_ARGUMENT", f"input '{name}': a tensor of shape {dims} ({size} bytes) exceeds "
                                                f"the limit of {max_bytes} bytes")
-    try:
+    if dtype is not None:  # no copy from tensor_content; one from a typed field holding every value
+        if proto.tensor_content and len(proto.tensor_content) == count * dtype.itemsize:
+            return np.frombuffer(proto.tensor_content, dtype).reshape(dims)
+        values = getattr(proto, _TYPED_FIELD[proto.dtype])
+        if not proto.tensor_content and len(values) == count:
+            return np.fromiter(values, dtype, count).reshape(dims)
+    try:  # the other dtypes, and TF's own rules (one value fills the tensor) and errors
         return tf.make_ndarray(proto)
     except Exception as e:  # a size that does not match the shape, a bad dtype: the proto is malformed
         raise ServingError("INVALID_ARGUMENT", f"input '{name}': malformed TensorProto ({e})") from e
@@ -105,7 +129,8 @@ def _serialized_examples(request_input) -> list:
 
 
 class _Guard:
-    """Maps ServingError (and anything unexpected) onto gRPC status codes; counts and logs the request."""
+    """Maps ServingError (and anything unexpected) onto gRPC status codes; counts and logs the request. A
+    context manager for the thread-pool handlers, an async one for the event-loop handlers."""
 
     def __init__(self, core, context, api, model):
         self.core, self.context, self.api, self.model = core, context, api, model
@@ -115,16 +140,30 @@ class _Guard:
         self.tracker = self.core.track()
         self.tracker.__enter__()
 
-    def __exit__(self, kind, error, tb):
+    def _finish(self, error) -> Optional[ServingError]:
+        """Counts the request; the error to answer with, if any."""
         self.tracker.__exit__(None, None, None)  # only the in-flight count; errors are mapped below
         status = "OK"
         if isinstance(error, ServingError):
             status = error.code
-        elif error is not None and not isinstance(error, grpc.RpcError):
+        elif error is not None and not isinstance(error, (grpc.RpcError, grpc.aio.AbortError)):
             status, error = "INTERNAL", ServingError("INTERNAL", f"{type(error).__name__}: {error}")
         self.core.metrics.observe(self.model, self.api, status, time.perf_counter() - self.start)
-        if isinstance(error, ServingError):
-            self.context.abort(getattr(grpc.StatusCode, error.code), error.message)
+        return error if isinstance(error, ServingError) else None
+
+    def __exit__(self, kind, error, tb):
+        answer = self._finish(error)
+        if answer:
+            self.context.abort(getattr(grpc.StatusCode, answer.code), answer.message)
+        return False
+
+    async def __aenter__(self):
+        self.__enter__()
+
+    async def __aexit__(self, kind, error, tb):
+        answer = self._finish(error)
+        if answer:
+            await self.context.abort(getattr(grpc.StatusCode, answer.code), answer.message)
         return False
 
 
@@ -136,8 +175,19 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     # ------------------------------------------------------------------ on a given servable
     def predict(self, servable, request) -> predict_pb2.PredictResponse:
-        inputs = {k: tensor_array(v, k, self.max_tensor_bytes) for k, v in request.inputs.items()}
-        name, outputs = self.core.predict(servable, request.model_spec.signature_name, inputs)
+        name, outputs = self.core.predict(servable, request.model_spec.signature_name, self._inputs(request))
+        return self._predict_response(servable, request, name, outputs)
+
+    async def predict_async(self, servable, request) -> predict_pb2.PredictResponse:
+        name, outputs = await self.core.predict_async(servable, request.model_spec.signature_name,
+                                                      self._inputs(request))
+        return self._predict_response(servable, request, name, outputs)
+
+    def _inputs(self, request) -> dict:
+        return {k: tensor_array(v, k, self.max_tensor_bytes) for k, v in request.inputs.items()}
+
+    @staticmethod
+    def _predict_response(servable, request, name, outputs) -> predict_pb2.PredictResponse:
         response = predict_pb2.PredictResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
@@ -207,27 +257,33 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 run(servable, request)
         return len(records)
 
-    # ------------------------------------------------------------------ the RPCs
-    def _call(self, api, request, context, spec):
-        with _Guard(self.core, context, api, spec.name):
+    # ------------------------------------------------------------------ the RPCs, on the server's event loop
+    async def _call(self, api, request, context, spec):
+        """Predict decodes and encodes on the loop while its model call runs on a batch thread (or in the pool);
+        the example-based calls run whole in the pool."""
+        async with _Guard(self.core, context, api, spec.name):
             servable = _servable(self.core, spec)
-            response = getattr(self, api)(servable, request)
+            if api == "predict":
+                response = await self.predict_async(servable, request)
+            else:
+                response = await asyncio.get_running_loop().run_in_executor(None, getattr(self, api), servable,
+                                                                             request)
             self.core.request_log.record(servable.name, f"{api}_log", request, response)
             return response
 
-    def Predict(self, request, context):
-        return self._call("predict", request, context, request.model_spec)
+    async def Predict(self, request, context):
+        return await self._call("predict", request, context, request.model_spec)
 
-    def Classify(self, request, context):
-        return self._call("classify", request, context, request.model_spec)
+    async def Classify(self, request, context):
+        return await self._call("classify", request, context, request.model_spec)
 
-    def Regress(self, request, context):
-        return self._call("regress", request, context, request.model_spec)
+    async def Regress(self, request, context):
+        return await self._call("regress", request, context, request.model_spec)
 
-    def MultiInference(self, request, context):
+    async def MultiInference(self, request, context):
         if not request.tasks:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "MultiInferenceRequest must have at least one task")
-        return self._call("multi_inference", request, context, request.tasks[0].model_spec)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "MultiInferenceRequest must have at least one task")
+        return await self._call("multi_inference", request, context, request.tasks[0].model_spec)
 
     def GetModelMetadata(self, request, context):
         with _Guard(self.core, context, "metadata", request.model_spec.name):
@@ -298,30 +354,48 @@ class Health(health_pb2_grpc.HealthServicer):
 
 @dataclasses.dataclass
 class GrpcServer:
-    """The gRPC server with its PredictionService (which the REST API and warm-up call) and its bound port."""
+    """The gRPC server (grpc.aio, on its own event loop thread; the thread-pool handlers and the model calls
+    that are not batched run in `workers` threads), its PredictionService (which the REST API and warm-up call)
+    and its bound port."""
 
-    server: grpc.Server
+    server: grpc.aio.Server
     prediction_service: PredictionService
     port: int
+    loop: asyncio.AbstractEventLoop
 
     def start(self) -> None:
-        self.server.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result()
 
     def stop(self, grace: float) -> threading.Event:
-        return self.server.stop(grace)
+        """Refuses new calls, lets those in flight finish for up to `grace` seconds; the event is set once stopped."""
+        stopped = threading.Event()
+        asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop).add_done_callback(
+            lambda _: stopped.set())
+        return stopped
 
 
 def make_server(core: InferenceCore, host: str, port: int, max_message_bytes: int = 16 << 20,
                 workers: int = 16, health: bool = True) -> GrpcServer:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=[
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes)])
-    predictions = PredictionService(core, max_message_bytes)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(predictions, server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
-    if health:
-        health_pb2_grpc.add_HealthServicer_to_server(Health(core), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    loop = asyncio.new_event_loop()
+    pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc")
+    loop.set_default_executor(pool)
+    threading.Thread(target=loop.run_forever, name="grpc-loop", daemon=True).start()
+
+    async def build():
+        server = grpc.aio.server(migration_thread_pool=pool, options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes)])
+        predictions = PredictionService(core, max_message_bytes)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(predictions, server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
+        if health:
+            health_pb2_grpc.add_HealthServicer_to_server(Health(core), server)
+        return server, predictions, server.add_insecure_port(f"{host}:{port}")
+
+    try:
+        server, predictions, bound = asyncio.run_coroutine_threadsafe(build(), loop).result()
+    except RuntimeError as e:  # grpc.aio refuses a port it cannot bind
+        raise OSError(f"cannot bind gRPC to {host}:{port}: {e}") from e
     if bound == 0:
         raise OSError(f"cannot bind gRPC to {host}:{port}")
-    return GrpcServer(server, predictions, bound)
+    return GrpcServer(server, predictions, bound, loop)

@@ -1,7 +1,10 @@
 """REST and gRPC contract of the model server, against the classic half_plus_two model."""
 import base64
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -281,3 +284,79 @@ def test_config_file_several_models_policies_and_labels(tmp_path):
         assert sorted(r[1]["predictions"][0] for r in results) == [0.5 * v + 2 for v in range(16)]
     finally:
         server.stop()
+
+
+# ----------------------------------------------------------------------------- batching parameters
+def test_batching_parameters_parse_as_tf_serving_text_protos():
+    from serving.core import BatchingParameters
+
+    params = BatchingParameters.parse("""# as TF Serving's docs write them
+        max_batch_size { value: 8 }  batch_timeout_micros { value: 0 }
+        max_enqueued_batches { value: 3 } num_batch_threads { value: 2 }
+        thread_pool_name { value: "model_server_batch_threads" }
+        allowed_batch_sizes: 2 allowed_batch_sizes: 8 pad_variable_length_inputs: true""")
+    assert (params.max_batch_size, params.batch_timeout_micros, params.max_enqueued_batches,
+            params.num_batch_threads, params.allowed_batch_sizes) == (8, 0, 3, 2, (2, 8))
+    assert BatchingParameters.parse("").max_batch_size == BatchingParameters().max_batch_size  # unset: defaults
+    for text, message in [
+            ("max_batch_sise { value: 8 }", 'has no field named "max_batch_sise"'),
+            ("max_batch_size: 8", "max_batch_size"),  # a wrapper message, not a number
+            ("max_batch_size { value: 8 } allowed_batch_sizes: 4 allowed_batch_sizes: 2 allowed_batch_sizes: 8",
+             "allowed_batch_sizes entries must be monotonically increasing"),
+            ("max_batch_size { value: 8 } allowed_batch_sizes: 4",
+             r"final entry in allowed_batch_sizes must equal max_batch_size \(4 != 8\)"),
+            ("num_batch_threads { value: 0 }", "num_batch_threads must be positive")]:
+        with pytest.raises(ValueError, match=message):
+            BatchingParameters.parse(text, where="b.txt")
+
+
+def test_batching_file_limits_pads_and_splits_batches_as_tf_serving(model_base, tmp_path):
+    params = tmp_path / "batching.txt"
+    params.write_text("max_batch_size { value: 4 } batch_timeout_micros { value: 20000 } "
+                      "num_batch_threads { value: 1 } allowed_batch_sizes: 2 allowed_batch_sizes: 4")
+    server = start_server(["--model_name=half_plus_two", f"--model_base_path={model_base / 'half_plus_two'}",
+                           "--enable_batching", f"--batching_parameters_file={params}"], tmp_path)
+    try:
+        code, body = http(server, "POST", "/v1/models/half_plus_two:predict", {"instances": [1.0] * 5})
+        assert code == 400 and body["error"] == "Task size 5 is larger than maximum input batch size 4"
+        prediction, _ = stubs(server)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "half_plus_two"
+        results = {}
+
+        def call(v):
+            r = predict_pb2.PredictRequest()
+            r.CopyFrom(request)
+            r.inputs["x"].CopyFrom(tf.make_tensor_proto([float(v)], dtype=tf.float32))
+            results[v] = tf.make_ndarray(prediction.Predict(r, timeout=30).outputs["y"]).tolist()
+
+        threads = [threading.Thread(target=call, args=(v,)) for v in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == {v: [0.5 * v + 2] for v in range(12)}
+        metrics = urllib.request.urlopen(server.rest + "/monitoring/prometheus/metrics").read().decode()
+        sizes = {int(line.split('size="')[1].split('"')[0]) for line in metrics.splitlines()
+                 if line.startswith(":tensorflow:serving:batch_size{")}
+        assert sizes and sizes <= {2, 4} and 4 in sizes, metrics  # merged, and padded to an allowed size
+    finally:
+        server.stop()
+    params.write_text("max_batch_size { value: 8 } enable_large_batch_splitting: true "
+                      "max_execution_batch_size { value: 2 }")
+    server = start_server(["--model_name=half_plus_two", f"--model_base_path={model_base / 'half_plus_two'}",
+                           "--enable_batching", f"--batching_parameters_file={params}"], tmp_path)
+    try:  # a request over the execution batch size runs in pieces and is answered whole
+        assert http(server, "POST", "/v1/models/half_plus_two:predict", {"instances": [0.0, 2.0, 4.0, 6.0, 8.0]}) \
+            == (200, {"predictions": [2.0, 3.0, 4.0, 5.0, 6.0]})
+        metrics = urllib.request.urlopen(server.rest + "/monitoring/prometheus/metrics").read().decode()
+        assert ':tensorflow:serving:batch_size{size="2"} 2' in metrics and 'size="1"} 1' in metrics, metrics
+    finally:
+        server.stop()
+    params.write_text("max_batch_size { value: 8 } allowed_batch_sizes: 3")
+    bad = subprocess.run([sys.executable, "-m", "serving", "--model_name=half_plus_two",
+                          f"--model_base_path={model_base / 'half_plus_two'}", "--enable_batching",
+                          f"--batching_parameters_file={params}"], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert bad.returncode == 2 and f"{params}: final entry in allowed_batch_sizes must equal max_batch_size" \
+        in bad.stderr, bad.stderr[-2000:]
