@@ -205,7 +205,7 @@ def main() -> None:
             f.write(args.batching_parameters)
         server = start_server([f"--model_name={args.model_name}", f"--model_base_path={args.model_base_path}",
                                "--file_system_poll_wait_seconds=0"]
-                              + ([f"--enable_batching", f"--batching_parameters_file={batching_file}"] if batching
+                              + (["--enable_batching", f"--batching_parameters_file={batching_file}"] if batching
                                  else []), workdir)
         try:
             rest, grpc_client = RestClient(server.rest, args.model_name), GrpcClient(server.grpc, args.model_name)

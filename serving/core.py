@@ -57,16 +57,24 @@ def check_inputs(function, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarra
                 else f"missing input tensor alias: {missing[0]}")
         raise ServingError("INVALID_ARGUMENT", f"{what}. Inputs expected to be in the set {{{','.join(sorted(specs))}}}.")
     for index, name in enumerate(sorted(specs)):
-        spec, array = specs[name], inputs[name]
-        wanted, given = dtype_name(spec.dtype), dtype_name(array.dtype)
+        array = inputs[name]
+        wanted, dims = _expected(specs[name])
+        given = dtype_name(array.dtype)
         if wanted != given:
             raise ServingError("INVALID_ARGUMENT", f"Expects arg[{index}] to be {wanted} but {given} is provided")
         if wanted == "string" and array.size and not all(isinstance(v, bytes) for v in array.reshape(-1)):
             raise ServingError("INVALID_ARGUMENT", f"input '{name}': expected strings")
-        if not spec.shape.is_compatible_with(array.shape):
+        if dims is not None and (len(dims) != array.ndim or any(d is not None and d != n
+                                                                 for d, n in zip(dims, array.shape))):
             raise ServingError("INVALID_ARGUMENT", f"input '{name}' has shape {list(array.shape)}, but the "
-                                                   f"signature expects {spec.shape.as_list()} (-1 or None = any size)")
+                                                   f"signature expects {list(dims)} (-1 or None = any size)")
     return inputs
+
+
+@functools.lru_cache(maxsize=1024)
+def _expected(spec: tf.TensorSpec):
+    """A signature input's dtype name and dims (None: any rank; a None dim: any size), read once."""
+    return dtype_name(spec.dtype), (None if spec.shape.rank is None else tuple(spec.shape.as_list()))
 
 
 _STACK = re.compile(r"Detected at node .*? defined at \(most recent call last\):\n(?:(?:  |<stack).*\n)*")
@@ -390,15 +398,21 @@ class InferenceCore:
     @contextlib.contextmanager
     def track(self):
         """Counts a request as in flight while it runs (for draining on SIGTERM)."""
-        with self._inflight_lock:
-            self._inflight += 1
+        self.begin()
         try:
             yield
         finally:
-            with self._inflight_lock:
-                self._inflight -= 1
-                self._last_request_end = time.monotonic()
-                self._inflight_lock.notify_all()
+            self.end()
+
+    def begin(self) -> None:
+        with self._inflight_lock:
+            self._inflight += 1
+
+    def end(self) -> None:
+        with self._inflight_lock:
+            self._inflight -= 1
+            self._last_request_end = time.monotonic()
+            self._inflight_lock.notify_all()
 
     def quiet_for(self) -> float:
         """Seconds since the last request ended; 0 while one is in flight."""

@@ -40,24 +40,28 @@ _NUMERIC = {types_pb2.DT_FLOAT: np.dtype(np.float32), types_pb2.DT_DOUBLE: np.dt
 _ENUM_OF = {dtype: enum for enum, dtype in _NUMERIC.items()}
 
 
-def tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
-    """`array` in the typed repeated field of its dtype, as TF Serving answers (official clients read .float_val)."""
+def tensor_proto(array: np.ndarray, proto: Optional[tensor_pb2.TensorProto] = None) -> tensor_pb2.TensorProto:
+    """`array` in the typed repeated field of its dtype, as TF Serving answers (official clients read .float_val);
+    written into `proto` when given (a response's field)."""
     enum = _ENUM_OF.get(array.dtype) or (types_pb2.DT_STRING if array.dtype == object else None)
     if enum is not None:
-        proto = tensor_pb2.TensorProto(dtype=enum)
+        proto = tensor_pb2.TensorProto() if proto is None else proto
+        proto.dtype = enum
         for size in array.shape:
             proto.tensor_shape.dim.add(size=size)
         getattr(proto, _TYPED_FIELD[enum]).extend(array.reshape(-1).tolist())  # bytes for a string tensor
         return proto
     dtype = tf.string if array.dtype == object or array.dtype.kind in "SU" else tf.as_dtype(array.dtype)
-    proto = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum,
-                                   tensor_shape=tf.TensorShape(array.shape).as_proto())
+    built = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum, tensor_shape=tf.TensorShape(array.shape).as_proto())
     values = array.reshape(-1)
     if dtype in (tf.float16, tf.bfloat16):
         values = values.view(np.uint16)
     elif dtype.is_complex:
         values = np.stack([values.real, values.imag], axis=-1).reshape(-1)
-    getattr(proto, _TYPED_FIELD[dtype.as_datatype_enum]).extend(values.tolist())
+    getattr(built, _TYPED_FIELD[dtype.as_datatype_enum]).extend(values.tolist())
+    if proto is None:
+        return built
+    proto.CopyFrom(built)
     return proto
 
 
@@ -137,12 +141,11 @@ class _Guard:
 
     def __enter__(self):
         self.start = time.perf_counter()
-        self.tracker = self.core.track()
-        self.tracker.__enter__()
+        self.core.begin()
 
     def _finish(self, error) -> Optional[ServingError]:
         """Counts the request; the error to answer with, if any."""
-        self.tracker.__exit__(None, None, None)  # only the in-flight count; errors are mapped below
+        self.core.end()
         status = "OK"
         if isinstance(error, ServingError):
             status = error.code
@@ -197,7 +200,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         if unknown:
             raise ServingError("INVALID_ARGUMENT", f"output tensor alias not found in signature: {sorted(unknown)[0]}")
         for key in sorted(wanted):
-            response.outputs[key].CopyFrom(tensor_proto(outputs[key]))
+            tensor_proto(outputs[key], response.outputs[key])
         return response
 
     def classify(self, servable, request) -> classification_pb2.ClassificationResponse:
