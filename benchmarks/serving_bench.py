@@ -142,7 +142,7 @@ def fuzz_counts(workdir: str, mutations: int) -> dict:
     import collections
 
     import grpc
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
+    from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
     from tests.serving import fuzz
     from tests.serving.conftest import start_server, write_half_plus_two
@@ -156,10 +156,12 @@ def fuzz_counts(workdir: str, mutations: int) -> dict:
         for category, raw in fuzz.corpus(seed=1, mutations=mutations):
             status = fuzz.send(host, int(port), raw, timeout=10)[0]
             counts[f"rest {category} {status // 100}xx" if status else f"rest {category} no answer"] += 1
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc))
-        for category, method, request in fuzz.grpc_corpus():
+        channel = grpc.insecure_channel(server.grpc)
+        predictions = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        services = {"HandleReloadConfigRequest": model_service_pb2_grpc.ModelServiceStub(channel)}
+        for category, method, request in fuzz.grpc_corpus(os.path.join(workdir, "fuzz", "half_plus_two")):
             try:
-                getattr(stub, method)(request, timeout=10)
+                getattr(services.get(method, predictions), method)(request, timeout=10)
                 counts[f"grpc {category} OK"] += 1
             except grpc.RpcError as e:
                 counts[f"grpc {category} {e.code().name}"] += 1
