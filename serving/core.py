@@ -248,8 +248,9 @@ class Batcher:
         if rows > self.params.max_batch_size:
             raise ServingError("INVALID_ARGUMENT", f"Task size {rows} is larger than maximum input batch size "
                                                    f"{self.params.max_batch_size}")
-        # Tasks carry their function: the threads hold no servable, so an unloaded version can be freed.
-        key = (servable.name, servable.version, name,
+        # Tasks carry their function: the threads hold no servable, so an unloaded version can be freed. The
+        # function's id tells a version loaded again apart (a queued task keeps its function, and so its id).
+        key = (servable.name, servable.version, name, id(function),
                tuple((k, a.shape[1:], a.dtype.str) for k, a in sorted(inputs.items())))
         pieces = [inputs] if rows <= self._limit else [{k: a[start:start + self._limit] for k, a in inputs.items()}
                                                        for start in range(0, rows, self._limit)]
