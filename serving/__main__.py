@@ -44,7 +44,8 @@ def parse_args(argv=None):
     flag("--enable_grpc_healthcheck_service", type=_bool, default=True, help="serve grpc.health.v1 (default true)")
     flag("--rest_api_num_threads", type=int, default=4 * cores, help="threads answering REST requests")
     flag("--rest_api_timeout_in_ms", type=int, default=30000, help="REST answer deadline (504 after it)")
-    flag("--grpc_max_threads", type=int, default=4 * cores, help="threads answering gRPC requests")
+    flag("--grpc_max_threads", type=int, default=4 * cores,
+         help="threads for gRPC work off the event loop: unbatched model calls, Classify, Regress, metadata, status")
     flag("--tensorflow_intra_op_parallelism", type=int, default=0, help="threads inside one op (0: TF decides)")
     flag("--tensorflow_inter_op_parallelism", type=int, default=0, help="ops run in parallel (0: TF decides)")
     flag("--request_log_max_file_bytes", type=int, default=64 << 20, help="request log file size before rotation")
