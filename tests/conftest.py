@@ -55,52 +55,50 @@ def tfx_artifact(artifact_type, uri: str, splits=None):
 @pytest.fixture(scope="session")
 def component_inputs(tmp_path_factory):
     """What the Trainer and the Compressor consume, written by the components' own executors on the bundled
-    digits, without a pipeline or ML Metadata (as TFX's executor tests use written artifacts): ExampleGen's
-    train/eval examples (our executor), the schema, TFX's Transform executor's graph and a Trainer model
-    (run_fn, 2 epochs). Returns artifact name → uri; about 20 s."""
-    import json
-
+    digits with the properties the pipeline gives them (pipeline.dag), without a pipeline run or ML Metadata
+    (as TFX's executor tests use written artifacts): ExampleGen's train/eval examples (our executor), the
+    schema, TFX's Transform executor's graph and a Trainer model (run_fn, 2 epochs). Returns artifact name →
+    uri; about 10 s."""
     from google.protobuf import json_format, text_format
+    from tfx.components.example_gen import utils as example_gen_utils
     from tfx.components.trainer import fn_args_utils
-    from tfx.components.transform import executor as transform_executor
     from tfx.proto import example_gen_pb2
     from tfx.types import standard_artifacts
     from tfx.utils import path_utils
 
     from components import schema
-    from components.ingest import executor as ingest_executor, formats
+    from components.ingest import formats
     from models import trainer
+    from pipeline import dag
     from pipeline.config import DataSpec
 
     root = tmp_path_factory.mktemp("component_inputs")
     uris = {name: str(root / name) for name in ("examples", "schema", "transform_graph", "model", "model_run")}
+    config = e2e_config(root)
+    config.hparams.epochs = 2
     formats.write_digits(str(root / "data"))
-    data = formats.probe(DataSpec(path=str(root / "data"), image_shape=(8, 8, 1)))
+    data = formats.probe(DataSpec(path=str(root / "data"), image_shape=formats.DIGITS_SHAPE))
+    nodes = {node.id: node for node in dag.create_pipeline(config, data, str(root / "pipeline_root"),
+                                                            str(root / "serving"), beam_args=[]).components}
+    properties = {node: dict(nodes[node].exec_properties) for node in (dag.EXAMPLE_GEN, dag.TRANSFORM, dag.TRAINER)}
+    # ExampleGen's driver puts the latest span into the input pattern; TFX's own helper does it here.
+    input_config = json_format.Parse(properties[dag.EXAMPLE_GEN]["input_config"], example_gen_pb2.Input())
+    example_gen_utils.calculate_splits_fingerprint_span_and_version(data.path, input_config.splits)
+    properties[dag.EXAMPLE_GEN]["input_config"] = json_format.MessageToJson(input_config)
+
+    def run(node, inputs, outputs):
+        nodes[node].executor_spec.executor_class().Do(inputs, outputs, properties[node])
+
     examples = tfx_artifact(standard_artifacts.Examples, uris["examples"])
-    ingest_executor.Executor().Do({}, {"examples": [examples]}, {
-        "input_base": data.path, "custom_config": json.dumps(data.example_gen_config()),
-        "input_config": json_format.MessageToJson(example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(
-            name="single_split", pattern=data.input_pattern.replace("{SPAN}", str(data.span or 1)))])),
-        "output_config": json_format.MessageToJson(example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
-            splits=[example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=4),
-                    example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=1)])))})
+    graph = tfx_artifact(standard_artifacts.TransformGraph, uris["transform_graph"])
+    run(dag.EXAMPLE_GEN, {}, {"examples": [examples]})
     os.makedirs(uris["schema"])
     with open(os.path.join(uris["schema"], "schema.pbtxt"), "w") as f:
         f.write(text_format.MessageToString(schema.make_schema(data.class_names)))
-    transform_executor.Executor().Do(
-        {"examples": [examples], "schema": [tfx_artifact(standard_artifacts.Schema, uris["schema"])]},
-        {"transform_graph": [tfx_artifact(standard_artifacts.TransformGraph, uris["transform_graph"])]},
-        {"preprocessing_fn": "models.preprocessing.preprocessing_fn", "disable_statistics": 1,
-         "custom_config": json.dumps({"image_shape": list(data.image_shape),
-                                      "max_image_pixels": data.max_image_pixels})})
-    config = e2e_config(root)
-    config.hparams.epochs = 2
-    fn_args = fn_args_utils.get_common_fn_args(
-        {"examples": [examples], "transform_graph": [tfx_artifact(standard_artifacts.TransformGraph,
-                                                                  uris["transform_graph"])]},
-        {"train_args": '{"splits": ["train"]}', "eval_args": '{"splits": ["eval"]}',
-         "custom_config": json.dumps({**config.trainer_config(data.image_shape, data.class_names),
-                                      "start": "from scratch", "resolved": False})})
+    run(dag.TRANSFORM, {"examples": [examples], "schema": [tfx_artifact(standard_artifacts.Schema, uris["schema"])]},
+        {"transform_graph": [graph]})
+    fn_args = fn_args_utils.get_common_fn_args({"examples": [examples], "transform_graph": [graph]},
+                                               properties[dag.TRAINER])
     fn_args.serving_model_dir = path_utils.serving_model_dir(uris["model"])
     fn_args.model_run_dir = uris["model_run"]
     trainer.run_fn(fn_args)
