@@ -201,10 +201,10 @@ def main() -> None:
 
     results = {"in_process": in_process, "batching_parameters": args.batching_parameters}
     workdir = tempfile.mkdtemp(prefix="serving_bench_")
+    batching_file = os.path.join(workdir, "batching_parameters.txt")
+    with open(batching_file, "w") as f:
+        f.write(args.batching_parameters)
     for batching in (False, True):
-        batching_file = os.path.join(workdir, "batching_parameters.txt")
-        with open(batching_file, "w") as f:
-            f.write(args.batching_parameters)
         server = start_server([f"--model_name={args.model_name}", f"--model_base_path={args.model_base_path}",
                                "--file_system_poll_wait_seconds=0"]
                               + (["--enable_batching", f"--batching_parameters_file={batching_file}"] if batching
