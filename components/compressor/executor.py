@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import time
 from typing import Any, Dict, List
 
 import numpy as np
@@ -58,12 +59,34 @@ def write_warmup(model: types.Artifact, examples: types.Artifact, tft_output) ->
     return len(logs)
 
 
+class FitClock(keras.callbacks.Callback):
+    """Adds the wall time between the start and the end of each `fit` it is given to, to `seconds["fit"]`."""
+
+    def __init__(self, seconds: Dict[str, float]):
+        super().__init__()
+        self.seconds = seconds
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def on_train_end(self, logs=None):
+        self.seconds["fit"] = self.seconds.get("fit", 0.0) + time.perf_counter() - self.start
+
+
 class Executor(base_executor.BaseExecutor):
 
     @compat.tf_keras_not_converted()
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
         p = exec_properties
+        seconds, clock = {}, [time.perf_counter()]  # phase → wall seconds; when the last phase ended
+
+        def lap(name):
+            """The time since the previous lap (or the start) went to phase `name`."""
+            now = time.perf_counter()
+            seconds[name] = seconds.get(name, 0.0) + now - clock[-1]
+            clock.append(now)
+
         prune, qat, seed, batch_size = bool(p["prune"]), bool(p["qat"]), int(p["seed"]), int(p["batch_size"])
         # The Trainer's own input plumbing: train/eval file patterns and the data accessor.
         fn_args = fn_args_utils.get_common_fn_args(
@@ -86,7 +109,7 @@ class Executor(base_executor.BaseExecutor):
             return networks.compile_model(model, p["learning_rate"])
 
         def tensorboard(stage):
-            return [keras.callbacks.TensorBoard(os.path.join(run_dir, stage), histogram_freq=1)]
+            return [keras.callbacks.TensorBoard(os.path.join(run_dir, stage), histogram_freq=1), FitClock(seconds)]
 
         with strategy.scope():
             baseline = compile_fn(keras.models.load_model(data.keras_model_path(baseline_uri), compile=False))
@@ -97,6 +120,7 @@ class Executor(base_executor.BaseExecutor):
                              f"({list(decoded)}): pass the shape the Transform was configured with")
         class_names = signatures.class_names_of(path_utils.serving_model_dir(baseline_uri))
         stages = {"baseline": baseline}  # stage → Keras model, in order
+        lap("inputs")
         if prune:
             with strategy.scope():
                 model = keras.models.clone_model(baseline)
@@ -107,6 +131,7 @@ class Executor(base_executor.BaseExecutor):
             if not_pruned:
                 log.warning("TFMOT cannot prune %d layers with weights; kept them dense: %s", len(not_pruned),
                             ", ".join(not_pruned))
+            lap("prune")
         if qat:  # TFMOT's QAT does not support tf.distribute: one device
             if plan.kind == "mirrored":
                 log.warning("QAT cannot run under MirroredStrategy (TFMOT); running it on %s", plan.single_device)
@@ -120,6 +145,7 @@ class Executor(base_executor.BaseExecutor):
                     log.warning("TFMOT cannot quantize %d layers; kept them float: %s", len(kept_float),
                                 ", ".join(kept_float))
                 stages["pqat"] = compression.for_serving(model, keras.models.clone_model(baseline))
+            lap("qat")
 
         # Export: the final stage for serving, intermediate ones for measurement (the Trainer exported the baseline).
         final = list(stages)[-1]
@@ -132,10 +158,12 @@ class Executor(base_executor.BaseExecutor):
             else:
                 export_dirs[stage] = os.path.join(run_dir, "savedmodel_" + stage)
             signatures.export(model, tft_output, image_shape, class_names, export_dirs[stage])
+        lap("export")
         representative = np.concatenate([np.asarray(features[contract.IMAGE_KEY]) for features, _ in
                                          train.take(-(-REPRESENTATIVE_EXAMPLES // batch_size))])
         tflite_int8 = compression.to_tflite(stages[final], representative[:REPRESENTATIVE_EXAMPLES], sparse=prune)
         tflite_float = compression.to_tflite(baseline)
+        lap("tflite")
         extra = os.path.join(serving_dir, "assets.extra")
         tf.io.gfile.makedirs(extra)
         with tf.io.gfile.GFile(os.path.join(extra, "model_int8.tflite"), "wb") as f:
@@ -144,6 +172,7 @@ class Executor(base_executor.BaseExecutor):
                          overwrite=True)  # a pushed version is a --base-model for fine-tuning
         warmup = write_warmup(output_dict["compressed_model"][0], input_dict["examples"][0], tft_output)
         log.info("Wrote %d warm-up requests to %s", warmup, path_utils.warmup_file_path(serving_dir))
+        lap("warmup")
 
         # Measure every stage from what was exported.
         metrics = {}
@@ -162,6 +191,8 @@ class Executor(base_executor.BaseExecutor):
             sparsity=sparsity, layer_sparsity=per_layer,
             size_bytes=size, gzip_bytes=gz, latency_ms=compression.tflite_latency_ms(tflite_int8))
         float_size, float_gz = compression.sizes_of_bytes(tflite_float)
+        lap("measure")
+        seconds["total"] = clock[-1] - clock[0]
         report = CompressionReport(
             stages=metrics, target_sparsity=float(p["target_sparsity"]) if prune else None,
             baseline_float_tflite_bytes=float_size, baseline_float_tflite_gzip_bytes=float_gz,
@@ -169,6 +200,8 @@ class Executor(base_executor.BaseExecutor):
                       "steps_per_epoch": steps_per_epoch,
                       "prune": prune, "prune_epochs": p["prune_epochs"], "qat": qat, "qat_epochs": p["qat_epochs"],
                       "pruning_schedule": schedule.get_config() if prune else None,
-                      "not_pruned": not_pruned if prune else [], "kept_float": kept_float if qat else []})
+                      "not_pruned": not_pruned if prune else [], "kept_float": kept_float if qat else []},
+            seconds={k: round(v, 3) for k, v in seconds.items()})
         report.save(report_uri)
         log.info("Compression:\n%s", "\n".join("  " + "  ".join(row) for row in report.rows()))
+        log.info("Compressor seconds: %s", ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items()))

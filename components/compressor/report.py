@@ -46,6 +46,8 @@ class CompressionReport:
     settings: Dict[str, object] = dataclasses.field(default_factory=dict)  # epochs, steps, device, seed...
     baseline_float_tflite_bytes: int = 0
     baseline_float_tflite_gzip_bytes: int = 0
+    # Where the component's wall time went: "total", "fit" (inside model.fit, every stage) and each phase.
+    seconds: Dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def final_model_stage(self) -> str:
