@@ -166,6 +166,7 @@ def to_tflite(model, representative_images=None, sparse: bool = False) -> bytes:
 
 
 # ----------------------------------------------------------------------------- measurements
+GZIP_LEVEL = 6  # gzip's default level, as `gzip` and `tar czf` compress a model for download
 def weight_sparsity(named_weights):
     """Fraction of zeros per kernel and overall, from (name, array) pairs of weight matrices."""
     per_layer, zeros, total = {}, 0, 0
@@ -208,7 +209,7 @@ def sizes(path: str, exclude: str = ""):
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files
                 if not (skip and (d + "/").startswith(skip + "/")))
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=9) as tar:
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=GZIP_LEVEL) as tar:
         tar.add(path, arcname=".", filter=lambda info: None if skip and info.name.lstrip("./").startswith(exclude)
                 else info)
     return total, len(buffer.getvalue())
@@ -216,7 +217,7 @@ def sizes(path: str, exclude: str = ""):
 
 def sizes_of_bytes(content: bytes):
     """(bytes, gzip-compressed bytes) of a file's content."""
-    return len(content), len(gzip.compress(content, 9))
+    return len(content), len(gzip.compress(content, GZIP_LEVEL))
 
 
 def median_latency_ms(call, repeats: int = 50) -> float:
@@ -229,8 +230,18 @@ def median_latency_ms(call, repeats: int = 50) -> float:
     return float(np.median(times) * 1000)
 
 
-def savedmodel_latency_ms(export_dir: str, image_shape) -> float:
-    signature = tf.saved_model.load(export_dir).signatures[contract.PREDICT_PIXELS]
+def savedmodel_pixels(export_dir: str):
+    """The exported model's `predict_pixels` signature (pixels in [0, 255]), loaded."""
+    return tf.saved_model.load(export_dir).signatures[contract.PREDICT_PIXELS]
+
+
+def savedmodel_classifier(signature):
+    """A function from [0, 1] images to class predictions, through an exported `predict_pixels` signature."""
+    return lambda images: signature(pixels=tf.convert_to_tensor(images) * 255.0)[contract.CLASSES].numpy()
+
+
+def savedmodel_latency_ms(signature, image_shape) -> float:
+    """Median single-image call of an exported `predict_pixels` signature."""
     pixels = tf.zeros([1, *image_shape], tf.float32)
     return median_latency_ms(lambda: signature(pixels=pixels))
 
