@@ -236,12 +236,12 @@ def savedmodel_pixels(export_dir: str):
 
 
 def savedmodel_classifier(signature):
-    """A function from [0, 1] images to class predictions, through an exported `predict_pixels` signature."""
+    """A function from [0, 1] images to class predictions, through a `predict_pixels` signature."""
     return lambda images: signature(pixels=tf.convert_to_tensor(images) * 255.0)[contract.CLASSES].numpy()
 
 
 def savedmodel_latency_ms(signature, image_shape) -> float:
-    """Median single-image call of an exported `predict_pixels` signature."""
+    """Median single-image call of a `predict_pixels` signature."""
     pixels = tf.zeros([1, *image_shape], tf.float32)
     return median_latency_ms(lambda: signature(pixels=pixels))
 

@@ -91,8 +91,9 @@ class ServingModule(tf.Module):
         return tf.function(self._from_encoded, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
 
 
-def export(model, tft_output, image_shape, class_names, export_dir: str) -> None:
-    """Saves `model` with the transform graph, the class names and the four signatures above."""
+def export(model, tft_output, image_shape, class_names, export_dir: str) -> dict:
+    """Saves `model` with the transform graph, the class names and the four signatures above; returns the
+    signatures (name → the concrete function saved), callable in this process."""
     with tempfile.TemporaryDirectory() as assets_dir:
         module = ServingModule(model, tft_output, image_shape, class_names, assets_dir)
         signatures = {
@@ -103,6 +104,7 @@ def export(model, tft_output, image_shape, class_names, export_dir: str) -> None
         }
         tf.saved_model.save(module, export_dir, signatures=signatures)
     set_method_names(export_dir, {CLASSIFY: CLASSIFY_METHOD})
+    return signatures
 
 
 def set_method_names(export_dir: str, methods: dict) -> None:

@@ -150,15 +150,17 @@ class Executor(base_executor.BaseExecutor):
 
         # Export: the final stage for serving, intermediate ones for measurement (the Trainer exported the baseline).
         final = list(stages)[-1]
-        export_dirs = {"baseline": path_utils.serving_model_dir(baseline_uri)}
+        # Each stage is measured through its predict_pixels signature: the function exported from this process,
+        # or the Trainer's baseline as loaded from its SavedModel.
+        export_dirs, pixels = {}, {}
         for stage, model in stages.items():
-            if stage == final:
-                export_dirs[stage] = serving_dir
-            elif stage == "baseline":
+            if stage == "baseline" and stage != final:
+                export_dirs[stage] = path_utils.serving_model_dir(baseline_uri)
+                pixels[stage] = compression.savedmodel_pixels(export_dirs[stage])
                 continue
-            else:
-                export_dirs[stage] = os.path.join(run_dir, "savedmodel_" + stage)
-            signatures.export(model, tft_output, image_shape, class_names, export_dirs[stage])
+            export_dirs[stage] = serving_dir if stage == final else os.path.join(run_dir, "savedmodel_" + stage)
+            pixels[stage] = signatures.export(model, tft_output, image_shape, class_names,
+                                              export_dirs[stage])[contract.PREDICT_PIXELS]
         lap("export")
         representative = np.concatenate([np.asarray(features[contract.IMAGE_KEY]) for features, _ in
                                          train.take(-(-REPRESENTATIVE_EXAMPLES // batch_size))])
@@ -180,11 +182,10 @@ class Executor(base_executor.BaseExecutor):
         for stage in stages:
             sparsity, per_layer = compression.weight_sparsity(compression.savedmodel_kernels(export_dirs[stage]))
             size, gz = compression.sizes(export_dirs[stage], exclude="assets.extra")
-            exported = compression.savedmodel_pixels(export_dirs[stage])
             metrics[stage] = StageMetrics(
-                accuracy=compression.streamed_accuracy(compression.savedmodel_classifier(exported), evaluation),
+                accuracy=compression.streamed_accuracy(compression.savedmodel_classifier(pixels[stage]), evaluation),
                 sparsity=sparsity, layer_sparsity=per_layer, size_bytes=size, gzip_bytes=gz,
-                latency_ms=compression.savedmodel_latency_ms(exported, image_shape))
+                latency_ms=compression.savedmodel_latency_ms(pixels[stage], image_shape))
         sparsity, per_layer = compression.weight_sparsity(compression.tflite_kernels(tflite_int8))
         size, gz = compression.sizes_of_bytes(tflite_int8)
         metrics["tflite_int8"] = StageMetrics(
