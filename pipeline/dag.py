@@ -10,7 +10,15 @@ import json
 from typing import Optional
 
 import tensorflow_model_analysis as tfma
-from tfx import v1 as tfx
+# TFX's public names (tfx.v1), imported from where they live: tfx.v1 would import every extension (Google
+# Cloud AI Platform among them, 2 s) into every run.
+from tfx.components import Evaluator, ExampleValidator, StatisticsGen, Trainer, Transform, Tuner
+from tfx.dsl.components.common.importer import Importer
+from tfx.dsl.components.common.resolver import Resolver
+from tfx.orchestration.pipeline import Pipeline
+from tfx.proto.pusher_pb2 import PushDestination
+from tfx.proto.trainer_pb2 import EvalArgs, TrainArgs
+from tfx.types.channel import Channel
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
 from tfx.types import standard_artifacts
 
@@ -66,7 +74,7 @@ LATEST_PUSHED = BaseModel(None, "the latest pushed model, resolved when the run 
 
 def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str, serving_dir: str,
                     beam_args: list, base_model: Optional[BaseModel] = None,
-                    metadata_connection_config=None) -> tfx.dsl.Pipeline:
+                    metadata_connection_config=None) -> Pipeline:
     """The TFX pipeline for `config` on `data`; pushes to `serving_dir`/<version>.
 
     base_model: the model the Trainer starts from, imported as its `base_model` input (pinned by uri, so
@@ -76,25 +84,25 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
     example_gen = ingest.ImageExampleGen(
         input_base=data.path, input_pattern=data.input_pattern, data_config=data.example_gen_config(),
         buckets=config.eval_fraction_buckets).with_id(EXAMPLE_GEN)
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"]).with_id(STATISTICS_GEN)
+    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"]).with_id(STATISTICS_GEN)
     schema_gen = schema.ConfigSchemaGen(class_names=json.dumps(list(data.class_names)))
-    example_validator = tfx.components.ExampleValidator(
+    example_validator = ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]).with_id(EXAMPLE_VALIDATOR)
     data_gate = gates.DataGate(anomalies=example_validator.outputs["anomalies"])
 
     # The transform graph decodes and resizes; its output is not materialized (a decoded image is many times
     # its encoded bytes): the Trainer and the Compressor apply the graph to ExampleGen's examples as they read.
-    transform = tfx.components.Transform(
+    transform = Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn="models.preprocessing.preprocessing_fn", materialize=False, disable_statistics=True,
         custom_config={"image_shape": list(data.image_shape), "max_image_pixels": data.max_image_pixels}
     ).with_id(TRANSFORM)
     transform.add_upstream_node(data_gate)  # no training on data with anomalies
 
-    model_resolver = tfx.dsl.Resolver(  # the model being served: the Pusher's record names it
+    model_resolver = Resolver(  # the model being served: the Pusher's record names it
         strategy_class=LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing, producer_component_id=PUSHER,
+        model=Channel(type=standard_artifacts.Model),
+        model_blessing=Channel(type=standard_artifacts.ModelBlessing, producer_component_id=PUSHER,
                                        output_key=pusher.SERVING_RECORD),
     ).with_id("latest_pushed_model_resolver")
     optional = []  # nodes that only some settings add
@@ -102,25 +110,25 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
     if base_model is LATEST_PUSHED:
         trainer_inputs["base_model"] = model_resolver.outputs["model"]
     elif base_model:
-        importer = tfx.dsl.Importer(source_uri=base_model.uri, artifact_type=standard_artifacts.Model,
+        importer = Importer(source_uri=base_model.uri, artifact_type=standard_artifacts.Model,
                                     reimport=False).with_id("base_model_importer")
         trainer_inputs["base_model"] = importer.outputs["result"]
         optional.append(importer)
     if config.tuning.enabled:
-        tuner = tfx.components.Tuner(
+        tuner = Tuner(
             tuner_fn="models.tuning.tuner_fn", examples=example_gen.outputs["examples"],
             transform_graph=transform.outputs["transform_graph"], schema=schema_gen.outputs["schema"],
-            train_args=tfx.proto.TrainArgs(splits=["train"]), eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+            train_args=TrainArgs(splits=["train"]), eval_args=EvalArgs(splits=["eval"]),
             custom_config=config.tuner_config(data.image_shape, data.class_names, pipeline_root)).with_id(TUNER)
         trainer_inputs["hyperparameters"] = tuner.outputs["best_hyperparameters"]
         optional.append(tuner)
-    trainer = tfx.components.Trainer(
+    trainer = Trainer(
         run_fn="models.trainer.run_fn",
         examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(splits=["train"]),  # no num_steps: epochs over the whole split
-        eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+        train_args=TrainArgs(splits=["train"]),  # no num_steps: epochs over the whole split
+        eval_args=EvalArgs(splits=["eval"]),
         custom_config={**config.trainer_config(data.image_shape, data.class_names),
                        "start": base_model.description if base_model else "from scratch",
                        "resolved": base_model is LATEST_PUSHED},
@@ -134,7 +142,7 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
         learning_rate=config.hparams.learning_rate, seed=config.seed).with_id(COMPRESSOR)
     candidate = compressor.outputs["compressed_model"]  # what is judged, canaried and pushed
 
-    evaluator = tfx.components.Evaluator(
+    evaluator = Evaluator(
         examples=example_gen.outputs["examples"], model=candidate,
         baseline_model=model_resolver.outputs["model"], eval_config=eval_config(config)).with_id(EVALUATOR)
 
@@ -148,10 +156,10 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
     push = pusher.Pusher(
         model=candidate, model_blessing=quality_gate.outputs["blessing"],
         infra_blessing=canary_check.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
+        push_destination=PushDestination(filesystem=PushDestination.Filesystem(
             base_directory=serving_dir))).with_id(PUSHER)
 
-    return tfx.dsl.Pipeline(
+    return Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform,

@@ -91,7 +91,8 @@ def choose_base_model(config: PipelineConfig, data: formats.DataFacts) -> Option
 
 def run(config: PipelineConfig) -> lineage.RunResult:
     """Runs the whole pipeline with TFX's LocalDagRunner; returns what each component did."""
-    from tfx import v1 as tfx
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+    from tfx.orchestration.metadata import sqlite_metadata_connection_config
 
     data = prepare_data(config)
     log.info("%s", data.describe())
@@ -103,14 +104,14 @@ def run(config: PipelineConfig) -> lineage.RunResult:
     log.info("Trainer: %s", base.description if base else "trains from scratch" + (
         "" if config.warm_start else " (--no-warm-start)"))
     os.makedirs(config.output_dir, exist_ok=True)
-    metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
+    metadata = sqlite_metadata_connection_config(config.metadata_path)
     pipeline = dag.create_pipeline(config, data, pipeline_root=config.pipeline_root, serving_dir=config.serving_dir,
                                    beam_args=local_beam_args(config, data), base_model=base,
                                    metadata_connection_config=metadata)
     error, argv = None, sys.argv
     sys.argv = argv[:1]  # Beam executors parse sys.argv as absl flags; the caller's flags are not theirs
     try:
-        tfx.orchestration.LocalDagRunner().run(pipeline)
+        LocalDagRunner().run(pipeline)
     except Exception as e:  # reported below with what did run
         error = e
     finally:
