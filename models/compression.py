@@ -151,7 +151,7 @@ def to_tflite(model, representative_images=None, sparse: bool = False) -> bytes:
     """
     # From the inference function, variables frozen: `from_keras_model` first saves the model as a SavedModel,
     # tracing every layer's functions (35 s of a 37 s conversion for MobileNetV2; 2 s this way, same kernels).
-    inference = tf.function(lambda images: model(images, training=False)).get_concrete_function(
+    inference = tf.function(lambda images: model(images, training=False), autograph=False).get_concrete_function(
         tf.TensorSpec([None, *model.input_shape[1:]], tf.float32))
     converter = tf.lite.TFLiteConverter.from_concrete_functions([inference])
     if representative_images is not None:

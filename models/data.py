@@ -34,7 +34,8 @@ def image_decoder(tft_output):
     that reads this graph, so the graph is traced once (about 0.8 s a trace), not once per dataset."""
     if tft_output not in _DECODERS:
         transform = transform_layer(tft_output)
-        _DECODERS[tft_output] = tf.function(lambda encoded: transform({IMAGE_KEY: encoded})[IMAGE_KEY])
+        _DECODERS[tft_output] = tf.function(lambda encoded: transform({IMAGE_KEY: encoded})[IMAGE_KEY],
+                                            autograph=False)  # no Python control flow to convert (2 s)
     return _DECODERS[tft_output]
 
 

@@ -73,11 +73,13 @@ class ServingModule(tf.Module):
         """images: string [N] or [N, 1] of encoded images → outputs, through the transform graph."""
         return self._outputs(self.tft_layer({IMAGE_KEY: tf.reshape(images, [-1, 1])})[IMAGE_KEY])
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    # autograph=False: the signatures are straight-line tensor code; converting the Keras and transform
+    # layers they call took most of an export's time.
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def serve_examples(self, examples):
         return self._from_encoded(tf.io.parse_example(examples, self._example_spec)[IMAGE_KEY])
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")], autograph=False)
     def classify(self, inputs):
         scores = self.serve_examples(inputs)[PROBABILITIES]
         classes = tf.tile(self.class_names[tf.newaxis], [tf.shape(scores)[0], 1])
@@ -85,10 +87,11 @@ class ServingModule(tf.Module):
 
     def serve_pixels_fn(self):
         return tf.function(lambda pixels: self._outputs(scale(pixels)), input_signature=[
-            tf.TensorSpec([None, *self.image_shape], tf.float32, name="pixels")])
+            tf.TensorSpec([None, *self.image_shape], tf.float32, name="pixels")], autograph=False)
 
     def serve_images_fn(self):
-        return tf.function(self._from_encoded, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+        return tf.function(self._from_encoded, input_signature=[tf.TensorSpec([None], tf.string, name="images")],
+                           autograph=False)
 
 
 def export(model, tft_output, image_shape, class_names, export_dir: str) -> dict:
