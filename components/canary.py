@@ -52,6 +52,9 @@ def check_model(serving_path: str, records: list, model_name: str, timeout_s: fl
                  "--host=127.0.0.1", "--file_system_poll_wait_seconds=0", f"--port_file={port_file}"],
                 stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
         try:
+            # What the answers must be, computed while the server starts.
+            expected = tf.saved_model.load(serving_path).signatures[contract.SERVING_DEFAULT](
+                examples=tf.constant(records))[contract.PROBABILITIES].numpy()
             deadline = time.time() + timeout_s
             while not os.path.exists(port_file):
                 if server.poll() is not None or time.time() > deadline:
@@ -72,8 +75,6 @@ def check_model(serving_path: str, records: list, model_name: str, timeout_s: fl
                     {"examples": np.asarray(records, dtype=object)})[contract.PROBABILITIES]
             except (ServingClientError, KeyError, OSError) as e:
                 return f"the served candidate did not answer serving_default with tf.Examples: {e}"
-            expected = tf.saved_model.load(serving_path).signatures[contract.SERVING_DEFAULT](
-                examples=tf.constant(records))[contract.PROBABILITIES].numpy()
             for door, got in answers.items():
                 got = np.asarray(got, dtype=np.float32)
                 if got.shape != expected.shape or not np.allclose(got, expected, atol=1e-4):

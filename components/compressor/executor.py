@@ -20,7 +20,7 @@ from tfx.utils import io_utils, path_utils
 
 from components.compressor.report import CompressionReport, StageMetrics
 from models import compat, compression, contract, data, devices, networks, signatures
-from models.trainer import fit_verbosity
+from models.trainer import HISTOGRAM_FREQ, fit_verbosity
 
 log = logging.getLogger(__name__)
 REPRESENTATIVE_EXAMPLES = 200  # calibration images for full-integer quantization
@@ -76,7 +76,7 @@ class FitClock(keras.callbacks.Callback):
 
 class Executor(base_executor.BaseExecutor):
 
-    @compat.tf_keras_not_converted()
+    @compat.keras_code_not_converted()
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
         p = exec_properties
@@ -110,7 +110,8 @@ class Executor(base_executor.BaseExecutor):
             return networks.compile_model(model, p["learning_rate"])
 
         def tensorboard(stage):
-            return [keras.callbacks.TensorBoard(os.path.join(run_dir, stage), histogram_freq=1), FitClock(seconds)]
+            return [keras.callbacks.TensorBoard(os.path.join(run_dir, stage), histogram_freq=HISTOGRAM_FREQ),
+                    FitClock(seconds)]
 
         with strategy.scope():
             baseline = compile_fn(keras.models.load_model(data.keras_model_path(baseline_uri), compile=False))

@@ -8,11 +8,15 @@ from tensorflow.python.autograph.impl import conversion
 from models import compat
 
 
-def test_tf_keras_is_left_alone_by_autograph_inside_only():
+def test_tf_keras_and_tfmot_are_left_alone_by_autograph_inside_only():
+    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
+
     before = autograph_config.CONVERSION_RULES
     assert not conversion.is_allowlisted(keras.layers.Dense.call)
-    with compat.tf_keras_not_converted():
+    assert not conversion.is_allowlisted(PruneLowMagnitude.call)
+    with compat.keras_code_not_converted():
         assert conversion.is_allowlisted(keras.layers.Dense.call)
+        assert conversion.is_allowlisted(PruneLowMagnitude.call)
     assert autograph_config.CONVERSION_RULES is before  # nothing left changed
     assert not conversion.is_allowlisted(keras.layers.Dense.call)
 
