@@ -5,6 +5,7 @@ free loopback ports with the candidate as `<base>/<name>/1`, wait until it is AV
 examples over REST and gRPC, and require the answers to match the in-process SavedModel. Writes an
 InfraBlessing (INFRA_BLESSED / INFRA_NOT_BLESSED) that the Pusher requires.
 """
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -51,10 +52,10 @@ def check_model(serving_path: str, records: list, model_name: str, timeout_s: fl
                  f"--model_base_path={os.path.join(base, model_name)}", "--port=0", "--rest_api_port=0",
                  "--host=127.0.0.1", "--file_system_poll_wait_seconds=0", f"--port_file={port_file}"],
                 stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
+        # The candidate loaded here (what its answers must be), on a thread while the server starts.
+        loader = concurrent.futures.ThreadPoolExecutor(1)
+        in_process = loader.submit(tf.saved_model.load, serving_path)
         try:
-            # What the answers must be, computed while the server starts.
-            expected = tf.saved_model.load(serving_path).signatures[contract.SERVING_DEFAULT](
-                examples=tf.constant(records))[contract.PROBABILITIES].numpy()
             deadline = time.time() + timeout_s
             while not os.path.exists(port_file):
                 if server.poll() is not None or time.time() > deadline:
@@ -75,6 +76,8 @@ def check_model(serving_path: str, records: list, model_name: str, timeout_s: fl
                     {"examples": np.asarray(records, dtype=object)})[contract.PROBABILITIES]
             except (ServingClientError, KeyError, OSError) as e:
                 return f"the served candidate did not answer serving_default with tf.Examples: {e}"
+            expected = in_process.result().signatures[contract.SERVING_DEFAULT](
+                examples=tf.constant(records))[contract.PROBABILITIES].numpy()
             for door, got in answers.items():
                 got = np.asarray(got, dtype=np.float32)
                 if got.shape != expected.shape or not np.allclose(got, expected, atol=1e-4):
@@ -82,6 +85,7 @@ def check_model(serving_path: str, records: list, model_name: str, timeout_s: fl
                             f"{np.max(np.abs(got - expected)) if got.shape == expected.shape else got.shape})")
             return ""
         finally:
+            loader.shutdown(wait=True)
             server.send_signal(signal.SIGTERM)
             try:
                 server.wait(30)

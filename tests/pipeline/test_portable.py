@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -35,7 +36,9 @@ def wait_for_port(port: int, proc, log_path: str, seconds: float = 120) -> None:
 
 
 @pytest.mark.e2e
-def test_beam_components_run_on_the_portable_runner_with_an_external_worker_pool(tmp_path):
+def test_beam_components_run_on_the_portable_runner_with_an_external_worker_pool(tmp_path, monkeypatch):
+    # Given a remote runner, each TFX Beam executor packages TFX into a new temp folder it never removes.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     bin_dir = os.path.dirname(sys.executable)  # the pool starts workers as `python`: the venv's
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=ROOT, PATH=bin_dir + os.pathsep + os.environ["PATH"])
     job_port, pool_port = free_port(), free_port()
