@@ -30,7 +30,7 @@ from components.ingest import formats
 from components.gates import Verdict
 from pipeline import dag, lineage
 from pipeline.config import PipelineConfig
-from pipeline.local_runner import local_beam_args, prepare_data, user_base_model
+from pipeline.local_runner import WORKERS_HAVE_TFX, local_beam_args, prepare_data, user_base_model
 
 BUNDLED_DATA_IN_IMAGE = "/pipeline/data/digits"  # where the Dockerfile writes the bundled digits
 ARTIFACTS = "kfp_local_artifacts.json"  # every artifact produced under the pipeline root, oldest first
@@ -294,7 +294,8 @@ def compile_spec(config: PipelineConfig, pipeline_root: str, image: str, output_
 
     data = data or _compile_data(config)
     base = user_base_model(config, data) if config.base_model else dag.LATEST_PUSHED if config.warm_start else None
-    pipeline = dag.create_pipeline(config, data, pipeline_root=pipeline_root, beam_args=config.beam_args,
+    pipeline = dag.create_pipeline(config, data, pipeline_root=pipeline_root,
+                                   beam_args=config.beam_args or [WORKERS_HAVE_TFX],
                                    serving_dir=serving_dir or os.path.join(pipeline_root, "serving", config.model_name),
                                    base_model=base)
     output_dir, filename = os.path.split(os.path.abspath(output_file))

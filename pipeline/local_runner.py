@@ -21,6 +21,11 @@ from pipeline.config import PipelineConfig
 # cost more than two cores give back at every measured size; above 512 MB (not measured) the
 # multi-processing mode's bounded memory per worker is the safer default.
 IN_MEMORY_MAX_BYTES = 512 << 20
+# Given any Beam argument, each TFX Beam executor first copies TFX's installation (48 MB) into a new temp folder
+# and builds an sdist of it for remote workers (about 1 s; the folder is never removed) unless a flag says the
+# workers have their own. This one says so and the DirectRunner ignores it: its workers are this Python, or
+# a Kubeflow task's own container (where TFX's entrypoint always hands Beam at least its own path).
+WORKERS_HAVE_TFX = "--sdk_container_image=none"
 log = logging.getLogger(__name__)
 
 
@@ -39,16 +44,11 @@ def local_beam_args(config: PipelineConfig, data: formats.DataFacts) -> list:
     """The user's --beam-arg values, else the DirectRunner in the mode that suits the data's size."""
     if config.beam_args:
         return list(config.beam_args)
-    # Given any Beam argument, each TFX Beam executor first copies TFX's installation (48 MB) into a new temp
-    # folder and builds an sdist of it for remote workers (about 1 s, and the folder is never removed)
-    # unless a flag says the workers have their own. The DirectRunner's workers are this Python: no argument
-    # at all for its default, in-memory mode, and `--sdk_container_image=none` (a flag the DirectRunner
-    # ignores) beside the multi-processing mode.
     if data.num_bytes <= IN_MEMORY_MAX_BYTES:
-        args, why = [], "in-memory mode"
+        args, why = ["--direct_running_mode=in_memory", WORKERS_HAVE_TFX], "in-memory mode"
     else:
-        args, why = ["--direct_running_mode=multi_processing", "--direct_num_workers=0",
-                     "--sdk_container_image=none"], "multi-processing mode"
+        args, why = ["--direct_running_mode=multi_processing", "--direct_num_workers=0", WORKERS_HAVE_TFX], \
+            "multi-processing mode"
     log.info("Beam: DirectRunner in %s for %.1f MB of input (threshold %d MB; override with --beam-arg)",
              why, data.num_bytes / 2**20, IN_MEMORY_MAX_BYTES >> 20)
     return args
