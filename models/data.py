@@ -15,6 +15,7 @@ SHUFFLE_BUFFER_BYTES = 64 << 20  # the shuffle buffer holds at most this much of
 SHUFFLE_BUFFER_MAX = 10_000
 CACHE_DECODED_BYTES = 32 << 20  # a split whose decoded float images fit this is decoded once, kept in memory
 MIN_STEPS_PER_EPOCH = 20  # on tiny data an "epoch" (a validation interval) is several passes
+EVAL_BATCH = 256  # examples per call where a model only predicts (validation, a stage's measurements)
 
 
 _LAYERS = weakref.WeakKeyDictionary()  # TFTransformOutput → its transform layer, loaded once per process

@@ -94,9 +94,11 @@ def run_fn(fn_args) -> None:
                        else data.steps(train_examples, hp["batch_size"]))
     train = data.dataset(fn_args, fn_args.train_files, tft_output, hp["batch_size"], seed, train=True,
                          augment=hp["augment"])
-    evaluation = data.dataset(fn_args, fn_args.eval_files, tft_output, hp["batch_size"], seed, train=False)
-    if fn_args.eval_steps:
-        evaluation = evaluation.take(fn_args.eval_steps)
+    if fn_args.eval_steps:  # EvalArgs.num_steps counts training-size batches
+        evaluation = data.dataset(fn_args, fn_args.eval_files, tft_output, hp["batch_size"], seed,
+                                  train=False).take(fn_args.eval_steps)
+    else:
+        evaluation = data.dataset(fn_args, fn_args.eval_files, tft_output, data.EVAL_BATCH, seed, train=False)
     write_training_images(train, fn_args.model_run_dir)
 
     keras.mixed_precision.set_global_policy("mixed_float16" if plan.mixed_precision else "float32")

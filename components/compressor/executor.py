@@ -24,7 +24,6 @@ from models.trainer import HISTOGRAM_FREQ, fit_verbosity
 
 log = logging.getLogger(__name__)
 REPRESENTATIVE_EXAMPLES = 200  # calibration images for full-integer quantization
-EVAL_BATCH = 256  # images per call when measuring a stage's accuracy (one Keras call per batch)
 WARMUP_EXAMPLES = 16  # requests per signature: 64 in all (TF Serving reads at most 1,000)
 
 
@@ -104,7 +103,7 @@ class Executor(base_executor.BaseExecutor):
         train_examples = data.count_examples(fn_args.train_files)
         steps_per_epoch = data.steps(train_examples, batch_size)
         train = data.dataset(fn_args, fn_args.train_files, tft_output, batch_size, seed, train=True)
-        evaluation = data.dataset(fn_args, fn_args.eval_files, tft_output, EVAL_BATCH, seed, train=False)
+        evaluation = data.dataset(fn_args, fn_args.eval_files, tft_output, data.EVAL_BATCH, seed, train=False)
 
         def compile_fn(model):
             return networks.compile_model(model, p["learning_rate"])
