@@ -15,7 +15,9 @@ SHUFFLE_BUFFER_BYTES = 64 << 20  # the shuffle buffer holds at most this much of
 SHUFFLE_BUFFER_MAX = 10_000
 CACHE_DECODED_BYTES = 32 << 20  # a split whose decoded float images fit this is decoded once, kept in memory
 MIN_STEPS_PER_EPOCH = 20  # on tiny data an "epoch" (a validation interval) is several passes
-EVAL_BATCH = 256  # examples per call where a model only predicts (validation, a stage's measurements)
+# Where a model only predicts (validation, a stage's measurements): up to this many examples a call, as long as
+# their decoded images stay within EVAL_BATCH_BYTES (large images keep the training batch, and its memory).
+EVAL_BATCH, EVAL_BATCH_BYTES = 256, 8 << 20
 
 
 _LAYERS = weakref.WeakKeyDictionary()  # TFTransformOutput → its transform layer, loaded once per process
@@ -89,6 +91,12 @@ def dataset(fn_args, file_patterns: List[str], tft_output, batch_size: int, seed
 
         batches = augmentation.apply(batches, seed)
     return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_batch_size(tft_output, batch_size: int) -> int:
+    """Examples per predict-only call for images of the transform graph's shape (at least `batch_size`)."""
+    image_bytes = 4 * math.prod(tft_output.transformed_feature_spec()[IMAGE_KEY].shape)
+    return max(batch_size, min(EVAL_BATCH, EVAL_BATCH_BYTES // image_bytes))
 
 
 def _records(file_patterns: List[str]) -> tf.data.Dataset:

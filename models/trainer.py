@@ -98,7 +98,8 @@ def run_fn(fn_args) -> None:
         evaluation = data.dataset(fn_args, fn_args.eval_files, tft_output, hp["batch_size"], seed,
                                   train=False).take(fn_args.eval_steps)
     else:
-        evaluation = data.dataset(fn_args, fn_args.eval_files, tft_output, data.EVAL_BATCH, seed, train=False)
+        evaluation = data.dataset(fn_args, fn_args.eval_files, tft_output,
+                                  data.eval_batch_size(tft_output, hp["batch_size"]), seed, train=False)
     write_training_images(train, fn_args.model_run_dir)
 
     keras.mixed_precision.set_global_policy("mixed_float16" if plan.mixed_precision else "float32")

@@ -103,7 +103,8 @@ class Executor(base_executor.BaseExecutor):
         train_examples = data.count_examples(fn_args.train_files)
         steps_per_epoch = data.steps(train_examples, batch_size)
         train = data.dataset(fn_args, fn_args.train_files, tft_output, batch_size, seed, train=True)
-        evaluation = data.dataset(fn_args, fn_args.eval_files, tft_output, data.EVAL_BATCH, seed, train=False)
+        evaluation = data.dataset(fn_args, fn_args.eval_files, tft_output, data.eval_batch_size(tft_output, batch_size),
+                                  seed, train=False)
 
         def compile_fn(model):
             return networks.compile_model(model, p["learning_rate"])
