@@ -60,7 +60,8 @@ def write_warmup(model: types.Artifact, examples: types.Artifact, tft_output) ->
 
 
 class FitClock(keras.callbacks.Callback):
-    """Adds the wall time between the start and the end of each `fit` it is given to, to `seconds["fit"]`."""
+    """Adds the wall time of each `fit` it is given to, to `seconds["fit"]`: from the start of training (the
+    first callback, it starts before the others' start-of-training work) to the end of the last epoch."""
 
     def __init__(self, seconds: Dict[str, float]):
         super().__init__()
@@ -110,8 +111,8 @@ class Executor(base_executor.BaseExecutor):
             return networks.compile_model(model, p["learning_rate"])
 
         def tensorboard(stage):
-            return [keras.callbacks.TensorBoard(os.path.join(run_dir, stage), histogram_freq=HISTOGRAM_FREQ),
-                    FitClock(seconds)]
+            return [FitClock(seconds),  # first: its clock starts before the other callbacks' start of training
+                    keras.callbacks.TensorBoard(os.path.join(run_dir, stage), histogram_freq=HISTOGRAM_FREQ)]
 
         with strategy.scope():
             baseline = compile_fn(keras.models.load_model(data.keras_model_path(baseline_uri), compile=False))
