@@ -64,7 +64,6 @@ def dataset(fn_args, file_patterns: List[str], tft_output, batch_size: int, seed
     augment: random training-only changes (models/augment.py) after decoding; never in a served graph.
     """
     decode_images = image_decoder(tft_output)
-    image_values = math.prod(tft_output.transformed_feature_spec()[IMAGE_KEY].shape)
 
     def decode(features, label):
         return {IMAGE_KEY: decode_images(features[IMAGE_KEY])}, tf.reshape(label, [-1])
@@ -74,7 +73,7 @@ def dataset(fn_args, file_patterns: List[str], tft_output, batch_size: int, seed
             label_key=LABEL_KEY, **options), tft_output.raw_metadata.schema)
 
     num_examples = count_examples(file_patterns)
-    if num_examples * image_values * 4 <= CACHE_DECODED_BYTES:
+    if num_examples * decoded_image_bytes(tft_output) <= CACHE_DECODED_BYTES:
         examples = raw(batch_size=256, num_epochs=1, shuffle=False).map(
             decode, num_parallel_calls=tf.data.AUTOTUNE).unbatch().cache()
         if train:
@@ -93,10 +92,14 @@ def dataset(fn_args, file_patterns: List[str], tft_output, batch_size: int, seed
     return batches.prefetch(tf.data.AUTOTUNE)
 
 
+def decoded_image_bytes(tft_output) -> int:
+    """Bytes of one image as the transform graph decodes it (float32)."""
+    return 4 * math.prod(tft_output.transformed_feature_spec()[IMAGE_KEY].shape)
+
+
 def eval_batch_size(tft_output, batch_size: int) -> int:
     """Examples per predict-only call for images of the transform graph's shape (at least `batch_size`)."""
-    image_bytes = 4 * math.prod(tft_output.transformed_feature_spec()[IMAGE_KEY].shape)
-    return max(batch_size, min(EVAL_BATCH, EVAL_BATCH_BYTES // image_bytes))
+    return max(batch_size, min(EVAL_BATCH, EVAL_BATCH_BYTES // decoded_image_bytes(tft_output)))
 
 
 def _records(file_patterns: List[str]) -> tf.data.Dataset:
