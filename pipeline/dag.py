@@ -23,7 +23,7 @@ from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import La
 from tfx.types import standard_artifacts
 
 from components import canary, gates, ingest, pusher, schema
-from components.compressor import Compressor
+from components.compressor.component import Compressor
 from components.ingest.formats import DataFacts
 from models import contract
 from pipeline.config import PipelineConfig

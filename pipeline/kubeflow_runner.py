@@ -2,8 +2,8 @@
 compiled spec on this machine the way the KFP launcher runs it (`--runner kubeflow-local`).
 
 Executing here: each task runs in dependency order as its own process with the exact container
-command and arguments of the spec (TFX's `kubeflow_v2_run_executor`, the ExampleGen driver as its
-`preCacheCheck`); `{{$}}` becomes an ExecutorInput JSON built from the task's parameters and the
+command and arguments of the spec (`pipeline.task` running TFX's `kubeflow_v2_run_executor`, the
+ExampleGen driver as its `preCacheCheck`); `{{$}}` becomes an ExecutorInput JSON built from the task's parameters and the
 artifacts produced so far, and the ExecutorOutput each task writes updates those artifacts.
 Importer tasks import their URI; resolver tasks answer their `outputArtifactQueries` filters from
 every artifact recorded under the pipeline root (this run's and earlier runs'), latest first.
@@ -308,9 +308,17 @@ def compile_spec(config: PipelineConfig, pipeline_root: str, image: str, output_
                                                                       use_pipeline_spec_2_1=True),
         output_dir=output_dir, output_filename=filename + ".tmp")
     runner.run(pipeline)
+    with open(os.path.join(output_dir, filename + ".tmp")) as f:
+        job = json.load(f)
+    for executor in job["pipelineSpec"]["deploymentSpec"]["executors"].values():
+        container = executor.get("container", {})
+        for step in [container, container.get("lifecycle", {}).get("preCacheCheck", {})]:
+            if step.get("command", [])[:2] == ["python", "-m"]:  # TFX's entrypoint, started lean
+                step["command"] = ["python", "-m", "pipeline.task"] + step["command"][2:]
+    with open(os.path.join(output_dir, filename + ".tmp"), "w") as f:
+        json.dump(job, f, sort_keys=True)
     os.replace(os.path.join(output_dir, filename + ".tmp"), os.path.join(output_dir, filename))
-    with open(os.path.join(output_dir, filename)) as f:
-        return json.load(f)
+    return job
 
 
 @dataclasses.dataclass

@@ -1,5 +1,5 @@
 """Ingestion: an ExampleGen over image folders, IDX files and TFRecords (see formats.py)."""
-from tfx.components import FileBasedExampleGen
+from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 

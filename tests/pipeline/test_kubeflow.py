@@ -24,8 +24,8 @@ def _compiled(tmp_path):
 
 
 def test_every_module_and_class_the_spec_names_imports_as_named(tmp_path):
-    """What the image must hold: each task's `python -m MODULE` and each class path and custom artifact type
-    in its arguments, imported in a fresh interpreter of the project's environment."""
+    """What the image must hold: each task's `python -m pipeline.task MODULE` and each class path and custom
+    artifact type in its arguments, imported in a fresh interpreter of the project's environment."""
     _, spec = _compiled(tmp_path)
     modules, classes = set(), set()
     for executor in spec["deploymentSpec"]["executors"].values():
@@ -33,8 +33,8 @@ def test_every_module_and_class_the_spec_names_imports_as_named(tmp_path):
         if not container:
             continue
         for step in [container, *container.get("lifecycle", {}).values()]:
-            assert step["command"][:2] == ["python", "-m"], step["command"]
-            modules.add(step["command"][2])
+            assert step["command"][:3] == ["python", "-m", "pipeline.task"], step["command"]
+            modules.add(step["command"][3])
             args = step["args"]
             if "--executor_class_path" in args:
                 classes.add(args[args.index("--executor_class_path") + 1])
@@ -53,6 +53,25 @@ def test_every_module_and_class_the_spec_names_imports_as_named(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), capture_output=True, text=True,
                           timeout=300, env=dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=ROOT))
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_a_task_imports_its_executor_and_not_every_tfx_component(tmp_path):
+    """pipeline.task: TFX's submodules import without `tfx.components`' __init__ (every component), which
+    still runs when a name is asked of the package; the module runs as __main__ with the arguments given."""
+    code = ("import sys\nfrom pipeline import task\ntask.defer_package_init('tfx.components')\n"
+            "import tfx.components.example_validator.executor\n"
+            "assert 'tfx.components.transform.executor' not in sys.modules, sorted(sys.modules)\n"
+            "from tfx.components import Transform\n"
+            "assert Transform.__module__ == 'tfx.components.transform.component'\n")
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (tmp_path / "x.json").write_text('{"b": 1, "a": [2]}')
+    proc = subprocess.run([sys.executable, "-m", "pipeline.task", "json.tool", "--sort-keys", str(tmp_path / "x.json")],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0 and proc.stdout.split() == ["{", '"a":', "[", "2", "],", '"b":', "1", "}"], proc
+    proc = subprocess.run([sys.executable, "-m", "pipeline.task"], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 1 and "usage: python -m pipeline.task MODULE" in proc.stderr
 
 
 def test_task_order_and_resolver_filters():
