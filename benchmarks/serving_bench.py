@@ -2,7 +2,8 @@
 
 - Single-example predict latency and throughput, REST (a new connection per request, and one keep-alive
   connection) and gRPC, 1 and 8 clients, with and without batching, against the in-process signature call.
-  Targets: gRPC p50 <= 1.5x in-process; REST keep-alive p50 <= 2x.
+  Targets: gRPC p50 <= 1.5x in-process; REST keep-alive p50 <= 2x. A model-status RPC (no model call) is the
+  floor under any gRPC call: the transport, both sides' gRPC Python and the server's loop.
 - --clients (32) closed-loop gRPC callers (benchmarks/grpc_load.py, its own process) with and without
   batching (--batching_parameters). Targets: batching >= 3x the requests/s, and >= 2,000 requests/s.
 - The first request after a hot swap, with and without the warm-up file, against the steady p50 (target with
@@ -214,11 +215,14 @@ def main() -> None:
             body = json.dumps({"signature_name": "predict_pixels", "instances": pixels.tolist()}).encode()
             calls = {"rest": lambda: rest.predict({"pixels": pixels}, signature="predict_pixels"),
                      "rest_keep_alive": keep_alive_call(server.rest, f"/v1/models/{args.model_name}:predict", body),
-                     "grpc": lambda: grpc_client.predict({"pixels": pixels}, signature="predict_pixels")}
+                     "grpc": lambda: grpc_client.predict({"pixels": pixels}, signature="predict_pixels"),
+                     # the floor under any gRPC call here: a model-status RPC (no model call), same client and server
+                     "grpc_model_status": grpc_client.status}
             results[f"grpc_{args.clients}_clients_closed_loop" + ("_batching" if batching else "")] = grpc_load(
                 server.grpc, args.model_name, pixels, args.clients, args.load_seconds, workdir)
             for door, call in calls.items():
-                for clients in ((1,) if door == "rest_keep_alive" else (1, 8) if not batching else (8,)):
+                for clients in ((1,) if door in ("rest_keep_alive", "grpc_model_status") else (1, 8) if not batching
+                                else (8,)):
                     if clients == 1 and batching:
                         continue
                     key = f"{door}_{clients}_clients" + ("_batching" if batching else "")
@@ -234,6 +238,7 @@ def main() -> None:
     base = in_process["p50_ms"]
     results["ratios"] = {
         "grpc_p50_over_in_process": round(results["grpc_1_clients"]["p50_ms"] / base, 2),
+        "grpc_model_status_p50_over_in_process": round(results["grpc_model_status_1_clients"]["p50_ms"] / base, 2),
         "rest_p50_over_in_process": round(results["rest_1_clients"]["p50_ms"] / base, 2),
         "rest_keep_alive_p50_over_in_process": round(results["rest_keep_alive_1_clients"]["p50_ms"] / base, 2),
         "grpc_8_clients_batching_rps_over_no_batching": round(
