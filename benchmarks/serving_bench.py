@@ -5,7 +5,9 @@
   Targets: gRPC p50 <= 1.5x in-process; REST keep-alive p50 <= 2x. A model-status RPC (no model call) is the
   floor under any gRPC call: the transport, both sides' gRPC Python and the server's loop.
 - --clients (32) closed-loop gRPC callers (benchmarks/grpc_load.py, its own process) with and without
-  batching (--batching_parameters). Targets: batching >= 3x the requests/s, and >= 2,000 requests/s.
+  batching (--batching_parameters), and with its batch_timeout_micros swept (--sweep_batch_timeouts_micros):
+  TF Serving's batching guide leaves the timeout to measurement on the workload, so the figure is the best
+  of the sweep, every value reported. Targets: batching >= 3x the requests/s, and >= 2,000 requests/s.
 - The first request after a hot swap, with and without the warm-up file, against the steady p50 (target with
   warm-up <= 2x).
 - Server RSS across --swaps hot swaps against after the first (target <= 1.05x).
@@ -20,6 +22,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -180,6 +183,9 @@ def main() -> None:
     parser.add_argument("--batching_parameters", default="max_batch_size { value: 32 } "
                         "batch_timeout_micros { value: 3000 } num_batch_threads { value: 1 }",
                         help="the batching server's --batching_parameters_file (TF Serving's text format)")
+    parser.add_argument("--sweep_batch_timeouts_micros", default="1000,3000,10000,20000",
+                        help="batch_timeout_micros values tried under the --clients load, the rest of "
+                             "--batching_parameters kept (empty: no sweep)")
     parser.add_argument("--clients", type=int, default=32, help="concurrent gRPC callers for the batching figures")
     parser.add_argument("--load_seconds", type=float, default=10.0, help="length of each closed-loop gRPC load")
     parser.add_argument("--swaps", type=int, default=50, help="hot swaps for the RSS and first-request figures")
@@ -229,6 +235,25 @@ def main() -> None:
                     results[key] = load(call, clients, args.requests, args.seconds)
         finally:
             server.stop()
+    load_key = f"grpc_{args.clients}_clients_closed_loop"
+    sweep = {}
+    for timeout in [int(t) for t in args.sweep_batch_timeouts_micros.split(",") if t]:
+        text = re.sub(r"batch_timeout_micros\s*\{[^}]*\}", "", args.batching_parameters)
+        text += f" batch_timeout_micros {{ value: {timeout} }}"
+        with open(batching_file, "w") as f:
+            f.write(text)
+        server = start_server([f"--model_name={args.model_name}", f"--model_base_path={args.model_base_path}",
+                               "--file_system_poll_wait_seconds=0", "--enable_batching",
+                               f"--batching_parameters_file={batching_file}"], workdir)
+        try:
+            sweep[timeout] = grpc_load(server.grpc, args.model_name, pixels, args.clients, args.load_seconds, workdir)
+        finally:
+            server.stop()
+    if sweep:
+        best = max(sweep, key=lambda t: sweep[t]["requests_per_s"])
+        results[load_key + "_batching_by_timeout_micros"] = {
+            str(t): {k: r[k] for k in ("requests_per_s", "p50_ms", "p99_ms", "errors")} for t, r in sweep.items()}
+        results[load_key + "_batching_best"] = dict(sweep[best], batch_timeout_micros=best)
     if args.swaps:
         results["swaps_with_warmup"] = swaps(args.model_base_path, args.model_name, pixels, workdir, args.swaps, True)
         results["swaps_without_warmup"] = swaps(args.model_base_path, args.model_name, pixels, workdir,
@@ -244,11 +269,13 @@ def main() -> None:
         "grpc_8_clients_batching_rps_over_no_batching": round(
             results["grpc_8_clients_batching"]["requests_per_s"] / results["grpc_8_clients"]["requests_per_s"], 2),
         f"grpc_{args.clients}_clients_batching_rps_over_no_batching": round(
-            results[f"grpc_{args.clients}_clients_closed_loop_batching"]["requests_per_s"]
-            / results[f"grpc_{args.clients}_clients_closed_loop"]["requests_per_s"], 2),
+            results[load_key + "_batching"]["requests_per_s"] / results[load_key]["requests_per_s"], 2),
         "rest_8_clients_batching_rps_over_no_batching": round(
             results["rest_8_clients_batching"]["requests_per_s"] / results["rest_8_clients"]["requests_per_s"], 2),
     }
+    if sweep:
+        results["ratios"][f"grpc_{args.clients}_clients_best_timeout_batching_rps_over_no_batching"] = round(
+            results[load_key + "_batching_best"]["requests_per_s"] / results[load_key]["requests_per_s"], 2)
     if args.swaps:
         for kind in ("with", "without"):
             entry = results[f"swaps_{kind}_warmup"]
