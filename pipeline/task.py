@@ -19,16 +19,18 @@ DEFERRED_PACKAGES = ("tfx.components",)
 
 
 def defer_package_init(name: str) -> None:
-    """Registers package `name` with its search path but without running its __init__, which runs
-    the first time an attribute the package does not have (and that is not a submodule) is asked."""
+    """Registers package `name` with its search path but without running its __init__: an attribute
+    asked of the package that names a submodule imports that submodule; any other runs the __init__."""
     if name in sys.modules:
         return
     spec = importlib.util.find_spec(name)
     package = importlib.util.module_from_spec(spec)
 
     def __getattr__(attr: str):
-        if attr.startswith("__") or importlib.util.find_spec(f"{name}.{attr}") is not None:
-            raise AttributeError(attr)  # the import system then imports the submodule itself
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        if importlib.util.find_spec(f"{name}.{attr}") is not None:
+            return importlib.import_module(f"{name}.{attr}")
         del package.__getattr__
         spec.loader.exec_module(package)
         return getattr(package, attr)

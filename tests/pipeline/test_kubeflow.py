@@ -61,6 +61,9 @@ def test_a_task_imports_its_executor_and_not_every_tfx_component(tmp_path):
     code = ("import sys\nfrom pipeline import task\ntask.defer_package_init('tfx.components')\n"
             "import tfx.components.example_validator.executor\n"
             "assert 'tfx.components.transform.executor' not in sys.modules, sorted(sys.modules)\n"
+            "import tfx.components as package\n"
+            "assert package.statistics_gen.__name__ == 'tfx.components.statistics_gen'  # a submodule, imported\n"
+            "assert 'tfx.components.transform.executor' not in sys.modules\n"
             "from tfx.components import Transform\n"
             "assert Transform.__module__ == 'tfx.components.transform.component'\n")
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=ROOT)
