@@ -53,7 +53,7 @@ def prunable(model, schedule):
     return keras.models.clone_model(model, clone_function=wrap), kept
 
 
-@compat.keras_code_not_converted()
+@compat.libraries_not_converted()
 def prune(model, schedule, epochs: int, steps_per_epoch: int, train, callbacks, compile_fn, verbose: int = 2):
     """Magnitude pruning on `schedule`, fine-tuned for `epochs`, then stripped of its wrappers.
     Returns (the pruned model, names of layers with kernels TFMOT could not prune)."""
@@ -108,7 +108,7 @@ def quantizable(model, scheme=None):
     return quantized, kept
 
 
-@compat.keras_code_not_converted()
+@compat.libraries_not_converted()
 def quantize_aware(model, sparse: bool, epochs: int, steps_per_epoch: int, train, callbacks, compile_fn,
                    verbose: int = 2):
     """8-bit quantization-aware training; with `sparse`, the prune-preserving scheme (PQAT) keeps zeros.
@@ -143,7 +143,7 @@ def for_serving(quantized, float_model):
     return clone
 
 
-@compat.keras_code_not_converted()
+@compat.libraries_not_converted()
 def to_tflite(model, representative_images=None, sparse: bool = False) -> bytes:
     """Float TFLite, or full-integer int8 (int8 inputs and outputs) given representative images.
 

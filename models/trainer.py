@@ -67,7 +67,7 @@ class TrainTime(keras.callbacks.Callback):
         self.on_test_begin()
 
 
-@compat.keras_code_not_converted()
+@compat.libraries_not_converted()
 def run_fn(fn_args) -> None:
     config = fn_args.custom_config
     hp, seed = dict(config["hparams"]), int(config["seed"])

@@ -43,7 +43,7 @@ class _Search(keras_tuner.RandomSearch):
         self.base_hparams, self.image_shape, self.num_classes, self.logdir = (
             base_hparams, image_shape, num_classes, logdir)
 
-    @compat.keras_code_not_converted()
+    @compat.libraries_not_converted()
     def run_trial(self, trial, train, evaluation, steps_per_epoch: int, epochs: int):
         hp = {**self.base_hparams, **search_space(trial.hyperparameters)}
         model = networks.compile_model(networks.build(hp["network"], self.image_shape, self.num_classes, hp), hp["learning_rate"])

@@ -76,7 +76,7 @@ class FitClock(keras.callbacks.Callback):
 
 class Executor(base_executor.BaseExecutor):
 
-    @compat.keras_code_not_converted()
+    @compat.libraries_not_converted()
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
         p = exec_properties

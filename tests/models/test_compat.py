@@ -8,15 +8,16 @@ from tensorflow.python.autograph.impl import conversion
 from models import compat
 
 
-def test_tf_keras_and_tfmot_are_left_alone_by_autograph_inside_only():
+def test_tf_keras_tfmot_and_tf_transform_are_left_alone_by_autograph_inside_only():
     from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
+    from tensorflow_transform.output_wrapper import TransformFeaturesLayer
 
     before = autograph_config.CONVERSION_RULES
-    assert not conversion.is_allowlisted(keras.layers.Dense.call)
-    assert not conversion.is_allowlisted(PruneLowMagnitude.call)
-    with compat.keras_code_not_converted():
-        assert conversion.is_allowlisted(keras.layers.Dense.call)
-        assert conversion.is_allowlisted(PruneLowMagnitude.call)
+    for function in (keras.layers.Dense.call, PruneLowMagnitude.call, TransformFeaturesLayer.call):
+        assert not conversion.is_allowlisted(function)
+    with compat.libraries_not_converted():
+        for function in (keras.layers.Dense.call, PruneLowMagnitude.call, TransformFeaturesLayer.call):
+            assert conversion.is_allowlisted(function)
     assert autograph_config.CONVERSION_RULES is before  # nothing left changed
     assert not conversion.is_allowlisted(keras.layers.Dense.call)
 
