@@ -3,8 +3,9 @@ compiled spec on this machine the way the KFP launcher runs it (`--runner kubefl
 
 Executing here: each task runs in dependency order as its own process with the exact container
 command and arguments of the spec (`pipeline.task` running TFX's `kubeflow_v2_run_executor`, the
-ExampleGen driver as its `preCacheCheck`); `{{$}}` becomes an ExecutorInput JSON built from the task's parameters and the
-artifacts produced so far, and the ExecutorOutput each task writes updates those artifacts.
+ExampleGen driver as its `preCacheCheck`); `{{$}}` becomes an ExecutorInput JSON built from the
+task's parameters and the artifacts produced so far, and the ExecutorOutput each task writes
+updates those artifacts.
 Importer tasks import their URI; resolver tasks answer their `outputArtifactQueries` filters from
 every artifact recorded under the pipeline root (this run's and earlier runs'), latest first.
 
