@@ -2,10 +2,13 @@
 entrypoint MODULE (`kubeflow_v2_run_executor`, or the ExampleGen driver of a task's preCacheCheck)
 with ARGS, exactly as `python -m MODULE ARGS...` would, minus two costs no task needs:
 
-- `tfx.components`' package __init__ imports every TFX component, and with them the executors and
-  libraries of all of them (TF Transform for a gate, the InfraValidator's clients for the Trainer),
-  while a task runs one executor. Here the package's submodules import without it; the __init__
-  runs, once, only if a name is asked of the package itself (`from tfx.components import Trainer`).
+- package __init__s that import far more than a task uses: `tfx.components`' imports every TFX
+  component, and with them the executors and libraries of all of them (TF Transform for a gate, the
+  InfraValidator's clients for the Trainer), while a task runs one executor; TFMA's and TFDV's import
+  their whole APIs (TFMA's metrics bring NLTK), while TFX's entrypoint imports them only for the
+  config protos in `standard_component_specs`. Here those packages' submodules import without their
+  __init__, which runs, once, when a name is asked of the package itself (`tfma.run_model_analysis`,
+  `from tfx.components import Trainer`), so an executor that uses the package gets all of it.
 - the interpreter's last garbage collections walk every object TensorFlow, Beam and TFMA built:
   1.4 s a task. The heap is frozen before exiting (atexit handlers and finalizers still run).
 """
@@ -15,7 +18,7 @@ import importlib.util
 import runpy
 import sys
 
-DEFERRED_PACKAGES = ("tfx.components",)
+DEFERRED_PACKAGES = ("tfx.components", "tensorflow_model_analysis", "tensorflow_data_validation")
 
 
 def defer_package_init(name: str) -> None:
@@ -38,7 +41,8 @@ def defer_package_init(name: str) -> None:
     package.__getattr__ = __getattr__
     sys.modules[name] = package
     parent, _, child = name.rpartition(".")
-    setattr(importlib.import_module(parent), child, package)
+    if parent:
+        setattr(importlib.import_module(parent), child, package)
 
 
 def main(argv: list) -> None:

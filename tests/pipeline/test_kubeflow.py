@@ -58,9 +58,14 @@ def test_every_module_and_class_the_spec_names_imports_as_named(tmp_path):
 def test_a_task_imports_its_executor_and_not_every_tfx_component(tmp_path):
     """pipeline.task: TFX's submodules import without `tfx.components`' __init__ (every component), which
     still runs when a name is asked of the package; the module runs as __main__ with the arguments given."""
-    code = ("import sys\nfrom pipeline import task\ntask.defer_package_init('tfx.components')\n"
+    code = ("import sys\nfrom pipeline import task\n"
+            "for name in task.DEFERRED_PACKAGES: task.defer_package_init(name)\n"
+            "import tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor\n"
             "import tfx.components.example_validator.executor\n"
             "assert 'tfx.components.transform.executor' not in sys.modules, sorted(sys.modules)\n"
+            "assert 'tensorflow_model_analysis.api.model_eval_lib' not in sys.modules and 'nltk' not in sys.modules\n"
+            "import tensorflow_model_analysis as tfma\n"
+            "assert callable(tfma.run_model_analysis)  # a name of the package: its __init__ runs\n"
             "import tfx.components as package\n"
             "assert package.statistics_gen.__name__ == 'tfx.components.statistics_gen'  # a submodule, imported\n"
             "assert 'tfx.components.transform.executor' not in sys.modules\n"
