@@ -54,6 +54,12 @@ def main(argv: list) -> None:
     for name in DEFERRED_PACKAGES:
         defer_package_init(name)
     try:
+        found = importlib.util.find_spec(module) is not None
+    except ImportError:  # a parent package is missing
+        found = False
+    if not found:
+        sys.exit(f"error: no module named {module}; the image must hold TFX and this project (see the Dockerfile)")
+    try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     finally:
         gc.freeze()

@@ -80,6 +80,9 @@ def test_a_task_imports_its_executor_and_not_every_tfx_component(tmp_path):
     assert proc.returncode == 0 and proc.stdout.split() == ["{", '"a":', "[", "2", "],", '"b":', "1", "}"], proc
     proc = subprocess.run([sys.executable, "-m", "pipeline.task"], capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 1 and "usage: python -m pipeline.task MODULE" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "pipeline.task", "no_such.entrypoint"], capture_output=True,
+                          text=True, timeout=60, env=env)
+    assert proc.returncode == 1 and "error: no module named no_such.entrypoint" in proc.stderr, proc.stderr
 
 
 def test_task_order_and_resolver_filters():
