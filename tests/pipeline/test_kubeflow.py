@@ -56,8 +56,9 @@ def test_every_module_and_class_the_spec_names_imports_as_named(tmp_path):
 
 
 def test_a_task_imports_its_executor_and_not_every_tfx_component(tmp_path):
-    """pipeline.task: TFX's submodules import without `tfx.components`' __init__ (every component), which
-    still runs when a name is asked of the package; the module runs as __main__ with the arguments given."""
+    """pipeline.task: submodules of `tfx.components` (every component), TFMA and TFDV import without their
+    package's __init__, which still runs when a name is asked of the package; the module runs as __main__
+    with the arguments given, and a bare or unknown module is a one-line error."""
     code = ("import sys\nfrom pipeline import task\n"
             "for name in task.DEFERRED_PACKAGES: task.defer_package_init(name)\n"
             "import tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor\n"
