@@ -94,12 +94,11 @@ def run_fn(fn_args) -> None:
                        else data.steps(train_examples, hp["batch_size"]))
     train = data.dataset(fn_args, fn_args.train_files, tft_output, hp["batch_size"], seed, train=True,
                          augment=hp["augment"])
-    if fn_args.eval_steps:  # EvalArgs.num_steps counts training-size batches
-        evaluation = data.dataset(fn_args, fn_args.eval_files, tft_output, hp["batch_size"], seed,
-                                  train=False).take(fn_args.eval_steps)
-    else:
-        evaluation = data.dataset(fn_args, fn_args.eval_files, tft_output,
-                                  data.eval_batch_size(tft_output, hp["batch_size"]), seed, train=False)
+    # EvalArgs.num_steps, when given, counts training-size batches; else validation predicts in bigger ones.
+    eval_batch = hp["batch_size"] if fn_args.eval_steps else data.eval_batch_size(tft_output, hp["batch_size"])
+    evaluation = data.dataset(fn_args, fn_args.eval_files, tft_output, eval_batch, seed, train=False)
+    if fn_args.eval_steps:
+        evaluation = evaluation.take(fn_args.eval_steps)
     write_training_images(train, fn_args.model_run_dir)
 
     keras.mixed_precision.set_global_policy("mixed_float16" if plan.mixed_precision else "float32")
