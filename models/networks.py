@@ -21,15 +21,18 @@ from models import contract
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """Epoch ceiling and early-stopping patience that fit a network (measured on the bundled digits and on
-    generated colour photo folders; README, benchmarks/image_bench.py)."""
+    """How long a network trains from scratch: an epoch ceiling, the warm-up (epochs before early stopping
+    judges, and over which the learning rate ramps up) and the patience (epochs without a better validation
+    accuracy before stopping). Decided on the photo-folder suite against keras-io's recipe and on the digits
+    (benchmarks/image_bench.py --suite, README)."""
 
     epochs: int
     patience: int
+    warmup: int
 
 
-BUDGETS = {"small_cnn": Budget(20, 2), "convnet": Budget(40, 6), "mobilenet_v2": Budget(30, 5),
-           "efficientnet_b0": Budget(30, 5), "resnet50_v2": Budget(30, 5)}
+BUDGETS = {"small_cnn": Budget(20, 4, 2), "convnet": Budget(30, 8, 10), "mobilenet_v2": Budget(30, 8, 10),
+           "efficientnet_b0": Budget(30, 8, 10), "resnet50_v2": Budget(30, 8, 10)}
 NETWORKS = tuple(BUDGETS)
 
 
@@ -65,12 +68,12 @@ def small_cnn(image_shape, num_classes: int, hp) -> keras.Model:
 
 
 def convnet(image_shape, num_classes: int, hp) -> keras.Model:
-    """hp: convnet_filters (one conv-BN-ReLU-MaxPool block per entry), dropout."""
+    """hp: convnet_filters (one conv-BN-ReLU-MaxPool block per entry), bn_momentum, dropout."""
     inputs = keras.Input(shape=tuple(image_shape), name=contract.IMAGE_KEY)
     x = inputs
     for filters in hp["convnet_filters"]:
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.BatchNormalization(momentum=hp["bn_momentum"])(x)
         x = keras.layers.ReLU()(x)
         if min(x.shape[1], x.shape[2]) >= 4:
             x = keras.layers.MaxPooling2D()(x)
@@ -105,6 +108,9 @@ def backbone(name: str, image_shape, num_classes: int, hp, weights: Optional[str
         x = keras.layers.Concatenate()([x, x, x])
     options = {"alpha": hp["alpha"]} if name == "mobilenet_v2" else {}
     base = getattr(keras.applications, application)(input_tensor=x, include_top=False, weights=None, **options)
+    for layer in base.layers:  # the applications' 0.99-0.999 lag far behind the weights on small data
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = hp["bn_momentum"]
     if weights:
         try:
             base.load_weights(weights)
@@ -126,7 +132,8 @@ def build(name: str, image_shape, num_classes: int, hp, weights: Optional[str] =
     raise NetworkError(f"--model {name}: unknown; choose one of {', '.join(NETWORKS)}.")
 
 
-def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
+def compile_model(model: keras.Model, learning_rate) -> keras.Model:
+    """Adam at `learning_rate` (a number or a schedule), sparse categorical cross-entropy, accuracy."""
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])

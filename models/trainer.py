@@ -27,6 +27,7 @@ GRID = 16  # images in that grid
 # TensorBoard's weight histograms on every this-many-th epoch (0, 5, 10, ...): writing them took 45 ms an epoch
 # for small_cnn and 0.8 s for MobileNetV2 (alpha 0.35), more than an epoch of training on small data.
 HISTOGRAM_FREQ = 5
+RAMP_EPOCHS = 2  # the learning rate's linear warm-up from a hundredth, before its cosine decay
 
 
 def fit_verbosity() -> int:
@@ -67,6 +68,55 @@ class TrainTime(keras.callbacks.Callback):
         self.on_test_begin()
 
 
+class BestEpoch(keras.callbacks.Callback):
+    """Early stopping on validation accuracy that judges only after a warm-up, and keeps the best epoch.
+
+    Validation loss misleads while a BatchNorm network's moving statistics settle (it rises for several
+    epochs as the network starts to learn), so accuracy is judged, and not before `warmup` epochs. Training
+    stops when accuracy has not improved for `patience` epochs after the warm-up; the weights of the best
+    epoch (the first of equals) are restored at the end, however training ended. `reason` says why it ended."""
+
+    def __init__(self, patience: int, warmup: int):
+        super().__init__()
+        self.patience, self.warmup = patience, warmup
+
+    def on_train_begin(self, logs=None):
+        self.best, self.best_epoch, self.best_weights, self.reason = -1.0, None, None, ""
+        self.first_epoch = self.last_epoch = None
+        self.rates = []  # the learning rate at each epoch's end
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.first_epoch = epoch if self.first_epoch is None else self.first_epoch
+        self.last_epoch = epoch
+        self.rates.append(float(self.model.optimizer.learning_rate))
+        accuracy = float(logs["val_accuracy"])
+        if accuracy > self.best:
+            self.best, self.best_epoch, self.best_weights = accuracy, epoch, self.model.get_weights()
+        since = epoch - self.best_epoch
+        if epoch + 1 - self.first_epoch >= self.warmup and since >= self.patience:
+            self.model.stop_training = True
+            self.reason = (f"stopped at epoch {epoch + 1}: validation accuracy has not improved for {since} epochs "
+                           f"since epoch {self.best_epoch + 1} (best {self.best:.4f})")
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is None:
+            return
+        self.model.set_weights(self.best_weights)
+        if not self.reason:
+            self.reason = (f"ran all {self.last_epoch + 1 - self.first_epoch} epochs; kept epoch "
+                           f"{self.best_epoch + 1} (best validation accuracy {self.best:.4f})")
+
+
+def schedule(learning_rate: float, epochs: int, steps_per_epoch: int):
+    """The learning rate over a phase: a linear ramp for RAMP_EPOCHS (none in phases under 5 epochs) up to
+    `learning_rate`, then cosine decay to a hundredth of it at the epoch ceiling."""
+    total = max(1, epochs * steps_per_epoch)
+    ramp = (RAMP_EPOCHS if epochs >= 5 else 0) * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(learning_rate / 100 if ramp else learning_rate, total - ramp,
+                                                  alpha=0.01, warmup_target=learning_rate if ramp else None,
+                                                  warmup_steps=ramp)
+
+
 @compat.libraries_not_converted()
 def run_fn(fn_args) -> None:
     config = fn_args.custom_config
@@ -84,7 +134,7 @@ def run_fn(fn_args) -> None:
     with strategy.scope():  # a base model's variables belong to the strategy that trains them
         base, start = _base_model(fn_args, config, image_shape)
     log.info("Training on %s, seed %d; %s; network %s; augmentation %s", plan.describe(), seed,
-             start, hp["network"], "on" if hp["augment"] else "off")
+             start, hp["network"] if base is None else "of the base model", "on" if hp["augment"] else "off")
 
     # Step counts: TrainArgs/EvalArgs when given, else one pass over each split per epoch.
     data.require_examples(fn_args.train_files, "train")
@@ -113,27 +163,33 @@ def run_fn(fn_args) -> None:
                 hp["backbone_weights"] = weights
                 phases = [("from scratch", None, hp["epochs"], hp["learning_rate"])]
             else:
-                model, features, replaced = transfer.adapt(base, image_shape, num_classes)
+                pixels, why = ((config["base_model_pixels"], "--base-model-pixels") if config.get("base_model_pixels")
+                               else transfer.input_pixels(base))
+                log.info("The base model reads pixels in %s: %s", pixels, why)
+                hp["base_model_pixels"] = pixels
+                model, features, replaced = transfer.adapt(base, image_shape, num_classes, pixels)
                 if replaced:  # the Keras recipe: the new head on the frozen base, then everything, gently
                     phases = [("new head, base frozen", features, hp["head_epochs"], hp["learning_rate"]),
                               ("fine-tune all layers", None, hp["fine_tune_epochs"], hp["fine_tune_learning_rate"])]
                 else:  # warm start: the same network continues on the new data, for fewer epochs
                     phases = [("warm start", None, hp["fine_tune_epochs"], hp["learning_rate"])]
-            history, timers = [], []
+            history, timers, stops = [], [], []
             for name, frozen, epochs, learning_rate in phases:
                 for layer in model.layers:  # BatchNorm of a reused base stays in inference mode (Keras' transfer guide)
                     layer.trainable = (not frozen or layer not in frozen) and not (
                         replaced and isinstance(layer, keras.layers.BatchNormalization) and layer in features)
-                networks.compile_model(model, learning_rate)
+                networks.compile_model(model, schedule(learning_rate, epochs, steps_per_epoch))
                 timers.append(TrainTime())
+                stops.append(BestEpoch(hp["patience"], hp["warmup"]))
                 fit = model.fit(train, initial_epoch=len(history), epochs=len(history) + epochs,
                                 steps_per_epoch=steps_per_epoch, validation_data=evaluation, verbose=fit_verbosity(),
-                                callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp["patience"],
-                                                                         restore_best_weights=True),
-                                           keras.callbacks.TensorBoard(os.path.join(fn_args.model_run_dir, "baseline"),
-                                                                       histogram_freq=HISTOGRAM_FREQ), timers[-1]])
-                history += [{"phase": name, "val_loss": loss, "val_accuracy": accuracy, "learning_rate": learning_rate}
-                            for loss, accuracy in zip(fit.history["val_loss"], fit.history["val_accuracy"])]
+                                callbacks=[stops[-1], keras.callbacks.TensorBoard(
+                                    os.path.join(fn_args.model_run_dir, "baseline"), histogram_freq=HISTOGRAM_FREQ),
+                                    timers[-1]])
+                history += [{"phase": name, "val_loss": loss, "val_accuracy": accuracy, "learning_rate": rate}
+                            for loss, accuracy, rate in zip(fit.history["val_loss"], fit.history["val_accuracy"],
+                                                            stops[-1].rates)]
+                log.info("%s: %s", name, stops[-1].reason)
     finally:  # the policy is process-wide: whatever this process builds next is float32 again
         keras.mixed_precision.set_global_policy("float32")
 
@@ -152,16 +208,18 @@ def run_fn(fn_args) -> None:
                "start": start, "head_replaced": replaced,
                "tuned": bool(fn_args.hyperparameters), "hparams": hp, "epochs": history,
                "epochs_run": len(history), "epochs_max": sum(p[2] for p in phases),
+               "stopped": [f"{p[0]}: {stop.reason}" for p, stop in zip(phases, stops)],
+               "kept_epochs": [stop.best_epoch + 1 for stop in stops],
                "steps_per_epoch": steps_per_epoch, "train_seconds": seconds,
                "examples_per_second": len(history) * steps_per_epoch * hp["batch_size"] / seconds}
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, SUMMARY), "w") as f:
         json.dump(summary, f, indent=1)
     with tf.summary.create_file_writer(os.path.join(fn_args.model_run_dir, "baseline", "provenance")).as_default():
         tf.summary.text("provenance", json.dumps({k: summary[k] for k in ("start", "network", "augment", "head_replaced",
-                                                                          "tuned", "hparams")},
+                                                                          "tuned", "stopped", "hparams")},
                                                  indent=1), step=0)
-    log.info("Baseline (%s): %d epochs %s, %.0f examples/s", summary["start"], len(history),
-             [(p[0], sum(e["phase"] == p[0] for e in history)) for p in phases], summary["examples_per_second"])
+    log.info("Baseline (%s): %d epochs, %.0f examples/s; %s", summary["start"], len(history),
+             summary["examples_per_second"], "; ".join(summary["stopped"]))
 
 
 def _base_model(fn_args, config, image_shape):

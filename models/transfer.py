@@ -21,6 +21,47 @@ class IncompatibleBaseModel(ValueError):
 
 FEATURE_ENDS = (keras.layers.Flatten, keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)
 
+# The pixel ranges a base model may expect, as (scale, offset) from the pipeline's [0, 1] images.
+PIXELS = {"0..1": (1.0, 0.0), "0..255": (255.0, 0.0), "-1..1": (2.0, -1.0)}
+# keras.applications models that rescale nothing inside: the range their preprocess_input gives, by model-name
+# prefix. (Those that rescale inside, e.g. EfficientNet, MobileNetV3, ConvNeXt, start with a Rescaling layer.)
+APPLICATIONS = (("mobilenetv2", "-1..1"), ("mobilenet_", "-1..1"), ("resnet50v2", "-1..1"), ("resnet101v2", "-1..1"),
+                ("resnet152v2", "-1..1"), ("inception", "-1..1"), ("xception", "-1..1"), ("nasnet", "-1..1"),
+                ("resnet", "0..255"), ("vgg", "0..255"), ("densenet", "0..1"))
+
+
+def _first_layers(model: keras.Model, depth: int = 4) -> list:
+    """The first few layers a model applies to its input, nested models opened (and listed too)."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            found += _first_layers(layer, depth)
+        if len(found) >= depth:
+            break
+    return found[:depth]
+
+
+def input_pixels(base: keras.Model) -> Tuple[str, str]:
+    """(the pixel range `base` expects, one of PIXELS; why): read from a Rescaling layer among its first layers
+    (a scale under 1/100 reads 0..255), else a keras.applications model's known preprocessing, else this
+    pipeline's own 0..1."""
+    for layer in _first_layers(base):
+        if isinstance(layer, keras.layers.Rescaling):
+            scale = float(np.mean(layer.scale))
+            pixels = "0..255" if scale < 0.01 else "0..1"
+            return pixels, f"its layer '{layer.name}' rescales by {scale:.4g} (it reads {pixels})"
+        name = layer.name.lower() if isinstance(layer, keras.Model) else ""
+        for model_name in [base.name.lower(), name]:
+            for prefix, pixels in APPLICATIONS:
+                if model_name.startswith(prefix):
+                    return pixels, (f"'{model_name}' is a keras.applications model whose preprocess_input gives "
+                                    f"{pixels}")
+    return "0..1", "no Rescaling layer or known keras.applications model at its input; --base-model-pixels " \
+                   "to change"
+
 
 def keras_file(uri: str) -> str:
     """The Keras model at `uri`: a Model artifact's float model (Format-Keras/), the float model inside a
@@ -123,11 +164,12 @@ def _input_check(base: keras.Model, image_shape) -> None:
 
 def check(base: keras.Model, image_shape: Tuple[int, int, int]) -> None:
     """Raises IncompatibleBaseModel unless `base` can be rebuilt on images of `image_shape`."""
-    adapt(base, image_shape, num_classes=2)
+    adapt(base, image_shape, num_classes=2, pixels="0..1")
 
 
-def adapt(base: keras.Model, image_shape, num_classes: int) -> Tuple[keras.Model, list, Optional[str]]:
-    """A model of the pipeline's contract (`image` [H, W, C] input, `probabilities` output) reusing `base`'s layers.
+def adapt(base: keras.Model, image_shape, num_classes: int, pixels: str) -> Tuple[keras.Model, list, Optional[str]]:
+    """A model of the pipeline's contract (`image` [H, W, C] input in [0, 1], `probabilities` output) reusing
+    `base`'s layers; `pixels` (one of PIXELS) is the range `base` reads, which a Rescaling layer maps [0, 1] to.
 
     With as many outputs as classes, the whole network is reused (warm start). Otherwise its classifier
     top is dropped, as `include_top=False` does in keras.applications: the layers up to its last Flatten /
@@ -136,7 +178,11 @@ def adapt(base: keras.Model, image_shape, num_classes: int) -> Tuple[keras.Model
     """
     _input_check(base, image_shape)
     inputs = keras.Input(shape=tuple(image_shape), name=contract.IMAGE_KEY)
-    x = keras.layers.Flatten()(inputs) if len(base.input_shape) == 2 else inputs
+    x = inputs
+    if pixels != "0..1":
+        scale, offset = PIXELS[pixels]
+        x = keras.layers.Rescaling(scale, offset=offset, name="base_model_pixels")(x)
+    x = keras.layers.Flatten()(x) if len(base.input_shape) == 2 else x
     replay = _Inlined()
     outputs = replay.model(base, x)
     head = replay.last_dense

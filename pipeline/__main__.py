@@ -141,15 +141,20 @@ SETTINGS = (
     Flag("hparams.augment", "random flip, rotation, zoom and contrast in training (default: on for colour images)",
          "training", kind="true", name="augment"),
     Flag("hparams.augment", "no augmentation", "training", kind="false", name="no_augment"),
-    Flag("hparams.epochs", f"epoch ceiling (early stopping on validation loss; default by network: "
+    Flag("hparams.epochs", f"epoch ceiling (early stopping on validation accuracy; default by network: "
          f"{_budgets('epochs')})", "training", _positive),
-    Flag("hparams.patience", f"epochs without a better validation loss before stopping (default by network: "
+    Flag("hparams.patience", f"epochs without a better validation accuracy before stopping (default by network: "
          f"{_budgets('patience')})", "training", _positive),
+    Flag("hparams.warmup", f"epochs before early stopping judges (default by network: {_budgets('warmup')})",
+         "training", _positive),
     Flag("hparams.batch_size", "examples per batch", "training", _positive),
     Flag("hparams.dense_units", "units of the dense layer", "training", _positive),
     Flag("hparams.learning_rate", "Adam learning rate", "training", _number(float, 0.0, low_open=True)),
     Flag("base_model", "fine-tune your own Keras model (SavedModel folder, .keras or .h5): when its outputs differ "
          "from the classes, its layers up to its last Flatten/pooling get a new head", "training", metavar="PATH"),
+    Flag("base_model_pixels", "the pixel range --base-model reads; the pipeline's 0..1 images are rescaled to it "
+         "(default: from a Rescaling layer at its input or its keras.applications name, else 0..1)", "training",
+         choices=("0..1", "0..255", "-1..1")),
     Flag("warm_start", "on a new span, train from scratch instead of from the latest pushed model", "training",
          kind="false", name="no_warm_start"),
     Flag("hparams.fine_tune_epochs", "epoch ceiling of warm start and of fine-tuning all layers", "training",
@@ -232,6 +237,8 @@ def config_from_args(args, parser: argparse.ArgumentParser) -> cfg.PipelineConfi
             _set(config, flag.setting, value)
     config.model_name = config.model_name if args.model_name else cfg.model_name_of(config.data.path)
     config.pipeline_name = config.pipeline_name if args.pipeline_name else config.model_name
+    if config.base_model_pixels and not config.base_model:
+        parser.error("--base-model-pixels describes a --base-model; give one, or leave --base-model-pixels out")
     weights = config.hparams.backbone_weights
     if weights:
         if not os.path.isfile(weights):

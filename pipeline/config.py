@@ -32,8 +32,9 @@ class HParams:
     network: Optional[str] = None  # one of models.networks.NETWORKS; None: small_cnn for small grey images, else convnet
     backbone_weights: Optional[str] = None  # a keras.applications backbone's no-top weights file (None: Keras' cache or random)
     augment: Optional[bool] = None  # random flip/rotation/zoom/contrast in training; None: on for colour images
-    epochs: Optional[int] = None  # a ceiling (early stopping on validation loss); None: the network's budget
-    patience: Optional[int] = None  # epochs without a better validation loss before stopping; None: the network's
+    epochs: Optional[int] = None  # a ceiling (early stopping on validation accuracy); None: the network's budget
+    patience: Optional[int] = None  # epochs without a better validation accuracy before stopping; None: the network's
+    warmup: Optional[int] = None  # epochs before early stopping judges; None: the network's budget
     batch_size: int = 32
     learning_rate: float = 1e-3
     conv_filters: Tuple[int, ...] = (32, 64)  # small_cnn
@@ -41,6 +42,7 @@ class HParams:
     convnet_filters: Tuple[int, ...] = (32, 64, 128, 256)  # convnet: one conv-BN-ReLU-MaxPool block each
     alpha: float = 1.0  # mobilenet_v2's width multiplier
     dropout: float = 0.3
+    bn_momentum: float = 0.9  # BatchNorm's moving statistics (Keras' 0.99 lags the weights with ~20 steps an epoch)
     # Starting from an existing model (models/transfer.py):
     fine_tune_epochs: int = 6  # ceiling when warm-starting, and of the unfrozen phase of transfer learning
     head_epochs: int = 20  # transfer learning: the new head alone, on the frozen base (early-stopped)
@@ -108,6 +110,7 @@ class PipelineConfig:
     tuning: Tuning = dataclasses.field(default_factory=Tuning)
     warm_start: bool = True  # new span: start from the float model behind the latest pushed version
     base_model: Optional[str] = None  # the user's Keras model to fine-tune (replaces warm start)
+    base_model_pixels: Optional[str] = None  # the range the base model reads (models.transfer.PIXELS); None: detected
     eval_fraction_buckets: Tuple[int, int] = (4, 1)  # train:eval hash buckets
     seed: int = 0  # seeds training and compression: reruns on the CPU give identical models
     beam_args: List[str] = dataclasses.field(default_factory=list)  # empty: DirectRunner, mode by data size
@@ -143,7 +146,8 @@ class PipelineConfig:
         hp = dataclasses.asdict(self.hparams)
         hp["network"] = hp["network"] or networks.default_network(image_shape)
         budget = networks.BUDGETS[hp["network"]]
-        hp["epochs"], hp["patience"] = hp["epochs"] or budget.epochs, hp["patience"] or budget.patience
+        for field in ("epochs", "patience", "warmup"):
+            hp[field] = hp[field] or getattr(budget, field)
         hp["augment"] = image_shape[2] == 3 if hp["augment"] is None else hp["augment"]
         return {"image_shape": list(image_shape), "class_names": list(class_names), "seed": self.seed, "hparams": hp}
 

@@ -62,9 +62,13 @@ def user_base_model(config: PipelineConfig, data: formats.DataFacts) -> dag.Base
     path = config.base_model if "://" in config.base_model else os.path.abspath(config.base_model)
     if "://" not in path:
         try:
-            transfer.check(transfer.load(transfer.keras_file(path)), data.image_shape)
+            base = transfer.load(transfer.keras_file(path))
+            transfer.check(base, data.image_shape)
         except transfer.IncompatibleBaseModel as e:
             raise formats.DataError(str(e)) from e
+        pixels, why = ((config.base_model_pixels, "--base-model-pixels") if config.base_model_pixels
+                       else transfer.input_pixels(base))
+        log.info("Base model %s reads pixels in %s: %s", path, pixels, why)
     return dag.BaseModel(path, f"transfer learning from the base model {path}")
 
 

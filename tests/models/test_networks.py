@@ -7,7 +7,8 @@ import tf_keras as keras
 from models import augment, compression, networks, transfer
 
 SHAPE = (32, 32, 3)
-HP = {"conv_filters": (16, 32), "dense_units": 32, "convnet_filters": (16, 32, 64), "alpha": 0.35, "dropout": 0.2}
+HP = {"conv_filters": (16, 32), "dense_units": 32, "convnet_filters": (16, 32, 64), "alpha": 0.35, "dropout": 0.2,
+      "bn_momentum": 0.9}
 
 
 def _batches(count=64, classes=3, seed=0):
@@ -79,7 +80,7 @@ def test_user_models_get_a_new_head_then_prune_to_the_target_and_quantize(kind, 
         path = str(tmp_path / kind)
         base.save(path)
         base = transfer.load(path)
-    model, features, replaced = transfer.adapt(base, SHAPE, 3)
+    model, features, replaced = transfer.adapt(base, SHAPE, 3, transfer.input_pixels(base)[0])
     assert replaced and "outputs and this data 3 classes" in replaced
     assert model.output_shape == (None, 3) and not any(isinstance(layer, keras.Model) for layer in model.layers)
     assert len(features) >= 3 and model.get_layer("new_head") not in features
@@ -119,7 +120,33 @@ def test_an_unusable_base_model_names_the_layer():
 
 def test_a_model_of_this_pipeline_warm_starts_whole():
     own = networks.convnet(SHAPE, 3, HP)
-    model, features, replaced = transfer.adapt(own, SHAPE, 3)
+    assert transfer.input_pixels(own)[0] == "0..1"
+    model, features, replaced = transfer.adapt(own, SHAPE, 3, "0..1")
     assert replaced is None and model.output_names == ["probabilities"]
     x = np.random.default_rng(2).random((2, *SHAPE), np.float32)
     np.testing.assert_allclose(model(x).numpy(), own(x).numpy(), rtol=1e-6)
+
+
+def _base_reading(pixels: str) -> keras.Model:
+    """A user's 3-class model that reads `pixels`: a Rescaling layer inside, a keras.applications model, or neither."""
+    if pixels == "0..255":
+        return keras.Sequential([keras.Input(SHAPE), keras.layers.Rescaling(1 / 255), keras.layers.Conv2D(8, 3),
+                                 keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="softmax")])
+    if pixels == "-1..1":
+        return keras.applications.MobileNetV2(input_shape=SHAPE, alpha=0.35, weights=None, classes=3)
+    return keras.Sequential([keras.Input(SHAPE), keras.layers.Conv2D(8, 3), keras.layers.GlobalAveragePooling2D(),
+                             keras.layers.Dense(3, activation="softmax")])
+
+
+@pytest.mark.parametrize("pixels", ["0..255", "-1..1", "0..1"])
+def test_a_base_model_is_fed_the_pixels_it_was_built_for(pixels):
+    base = _base_reading(pixels)
+    found, why = transfer.input_pixels(base)
+    assert found == pixels, why
+    model, _, replaced = transfer.adapt(base, SHAPE, 3, found)
+    assert replaced is None
+    raw = np.random.default_rng(3).integers(0, 256, (4, *SHAPE)).astype(np.float32)  # what a camera gives
+    own = {"0..255": raw, "-1..1": raw / 127.5 - 1, "0..1": raw / 255}[pixels]  # what its own preprocessing gives
+    np.testing.assert_allclose(model(raw / 255).numpy(), base(own).numpy(), rtol=1e-4, atol=1e-5)
+    nested = keras.Sequential([keras.Input(SHAPE), base])  # found inside a nested model too
+    assert transfer.input_pixels(nested)[0] == pixels
