@@ -55,9 +55,7 @@ def data_section(result: RunResult, data_facts_path: str) -> str:
         name = split.replace("Split-", "")
         features = {f.path.step[0]: f for f in stats.features}
         image, classes = features.get("image"), features.get("class_name")
-        rows.append([name, stats.num_examples,
-                     f"{image.bytes_stats.avg_num_bytes / 1024:.1f}" if image else "missing",
-                     f"{image.bytes_stats.max_num_bytes / 1024:.1f}" if image else "missing"])
+        rows.append([name, stats.num_examples, *encoded_kb(image)])
         if classes is not None:
             counts[name] = {b.label: b.sample_count for b in classes.string_stats.rank_histogram.buckets}
     names = sorted({n for split in counts.values() for n in split})
@@ -74,6 +72,16 @@ def data_section(result: RunResult, data_facts_path: str) -> str:
     fig.tight_layout()
     return (facts + _table(["split", "examples", "mean encoded image (KB)", "largest (KB)"], rows) +
             f'<img id="label-plot" alt="examples per class" src="{_png(fig)}">')
+
+
+def encoded_kb(image) -> list:
+    """[mean, largest] encoded image size in KB, as text, from TFDV's statistics of the image feature: a bytes
+    feature's sizes are in string_stats (avg_length; no largest), an image-domain one's in bytes_stats."""
+    if image is None:
+        return ["missing", "missing"]
+    if image.bytes_stats.avg_num_bytes:
+        return [f"{image.bytes_stats.avg_num_bytes / 1024:.1f}", f"{image.bytes_stats.max_num_bytes / 1024:.1f}"]
+    return [f"{image.string_stats.avg_length / 1024:.1f}", "—"]
 
 
 def anomalies_section(result: RunResult) -> str:
@@ -148,7 +156,8 @@ def provenance(training: dict) -> str:
     weights = f" (weights {hp['backbone_weights']})" if hp.get("backbone_weights") and network != "base model" else ""
     return (f"{training['start']}" + (f"; new head ({training['head_replaced']})" if training["head_replaced"] else "")
             + f"; network {network}{weights}; augmentation {'on' if training.get('augment') else 'off'}"
-            + "; " + ", ".join(f"{name}: {n} epochs" for name, n in phases.items())
+            + "; " + ("; ".join(training["stopped"]) if training.get("stopped")
+                      else ", ".join(f"{name}: {n} epochs" for name, n in phases.items()))
             + f"; hyperparameters {'tuned' if training['tuned'] else 'defaults'}: {shape}"
               f"dropout {hp['dropout']:.2f}, learning rate {hp['learning_rate']:g}")
 

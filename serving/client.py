@@ -1,13 +1,16 @@
 """A TF Serving client (REST or gRPC) and its CLI; uses only TF Serving's public APIs.
 
-  python -m serving.client predict 7.png 3.jpg --server localhost:8501 [--model digits]
+  python -m serving.client predict 7.png 3.jpg --server localhost:8501 [--model NAME]
   python -m serving.client predict photos/ --grpc localhost:8500     # every image in a folder (recursive)
   python -m serving.client status --server localhost:8501
   python -m serving.client metadata --grpc localhost:8500
 
 Images are sent as encoded bytes to the `predict_images` signature, which converts them the way
 the training data was (grey or RGB, bilinear resize), so the client needs no knowledge of the shape.
-`predict` prints one line per image, sending them in requests of BATCH images.
+`predict` prints one line per image, sending them in requests of BATCH images; an image the model refuses
+(not an image, a truncated file) is named on its line and the others go on (exit 1 when any was refused).
+Without --model, the REST client asks the server which model it serves (this server's /readyz); TF Serving
+has no such call, so with it, or over gRPC, name the model.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import numpy as np
 
 BATCH = 32  # images per predict request of the CLI
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+REFUSED = (400, "INVALID_ARGUMENT")  # the status of a request the model refuses for its content (REST, gRPC)
 
 
 class ServingClientError(RuntimeError):
@@ -57,6 +61,13 @@ class RestClient:
 
     def status(self, version=None) -> dict:
         return self._call("GET", self._model_path(version))
+
+    def served_models(self) -> list:
+        """The model names this server serves (its /readyz); [] where the server does not say (TF Serving)."""
+        try:
+            return list(self._call("GET", "/readyz").get("models", []))
+        except (ServingClientError, OSError, ValueError):
+            return []
 
     def metadata(self, version=None) -> dict:
         return self._call("GET", self._model_path(version) + "/metadata")
@@ -148,6 +159,44 @@ def classify_images(client, images: list) -> list:
             for n, c, p in zip(names, outputs["classes"], outputs["probabilities"])]
 
 
+def predict_files(client, files: list, out=sys.stdout) -> int:
+    """Prints one line per image file: its class, or why it was refused; returns how many were refused. A
+    request the model refuses is retried image by image, so one bad file costs only its own line."""
+    refused = 0
+    for start in range(0, len(files), BATCH):
+        batch, images = files[start:start + BATCH], []
+        for path in batch:
+            try:
+                with open(path, "rb") as f:
+                    images.append(f.read())
+            except OSError as e:
+                images.append(e)
+        readable = [(path, image) for path, image in zip(batch, images) if not isinstance(image, OSError)]
+        try:
+            answers = dict(zip([p for p, _ in readable], classify_images(client, [i for _, i in readable])))
+        except ServingClientError as e:
+            if e.code not in REFUSED:
+                raise
+            answers = {}
+            for path, image in readable:
+                try:
+                    answers[path] = classify_images(client, [image])[0]
+                except ServingClientError as one:
+                    if one.code not in REFUSED:
+                        raise
+                    answers[path] = one
+        for path, image in zip(batch, images):
+            answer = image if isinstance(image, OSError) else answers[path]
+            if isinstance(answer, Exception):
+                refused += 1
+                print(f"{path}: refused ({answer})", file=out, flush=True)
+                continue
+            name, index, probabilities = answer
+            shown = ", ".join(f"{i}: {p:.3f}" for i, p in enumerate(probabilities))
+            print(f'{path}: "{name}" p={probabilities[index]:.3f} (class {index})  [{shown}]', file=out, flush=True)
+    return refused
+
+
 def image_files(paths: list) -> list:
     """The files named, and the image files (by extension) under the folders named, sorted per folder."""
     files = []
@@ -167,26 +216,29 @@ def main(argv=None) -> int:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--server", help="REST address host:port (default localhost:8501)")
     where.add_argument("--grpc", help="gRPC address host:port")
-    parser.add_argument("--model", default="digits")
+    parser.add_argument("--model", help="the served model's name (default: the one model a REST server of this "
+                                          "project serves)")
     parser.add_argument("--version", type=int)
     parser.add_argument("paths", nargs="*", metavar="PATH", help="predict: image files or folders of them")
     parser.add_argument("--image", action="append", default=[], help="an image file for predict (repeatable)")
     args = parser.parse_args(argv)
-    client = connect(args.server, args.grpc, args.model)
+    model = args.model
+    if not model:
+        served = [] if args.grpc else RestClient(args.server or "localhost:8501", "").served_models()
+        if len(served) != 1:
+            parser.error("name the model with --model" + (f": the server serves {', '.join(served)}" if served else
+                                                          " (the server does not list its models)"))
+        model = served[0]
+    client = connect(args.server, args.grpc, model)
     try:
         if args.command == "predict":
             files = image_files(args.paths + args.image)
             if not files:
                 parser.error("predict needs image files or folders (PATH ... or --image FILE)")
-            for start in range(0, len(files), BATCH):
-                batch = files[start:start + BATCH]
-                images = []
-                for path in batch:
-                    with open(path, "rb") as f:
-                        images.append(f.read())
-                for path, (name, index, probabilities) in zip(batch, classify_images(client, images)):
-                    shown = ", ".join(f"{i}: {p:.3f}" for i, p in enumerate(probabilities))
-                    print(f'{path}: "{name}" p={probabilities[index]:.3f} (class {index})  [{shown}]', flush=True)
+            refused = predict_files(client, files)
+            if refused:
+                print(f"{refused} of {len(files)} images refused", file=sys.stderr)
+                return 1
         elif args.command == "status":
             print(json.dumps(client.status(args.version), indent=2))
         else:

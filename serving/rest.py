@@ -5,8 +5,9 @@ connection-delegate API: the event loop only parses and writes; parsing JSON and
 `--rest_api_num_threads` threads under `--rest_api_timeout_in_ms`. Every answer, the HTTP layer's refusals
 included, has a JSON body `{"error": ...}` and one of TF Serving's status codes.
 
-Besides TF Serving's routes: `GET /readyz` answers 200 while every model has a version AVAILABLE and the
-server is not draining, else 503 (a Kubernetes readiness probe).
+Besides TF Serving's routes: `GET /readyz` answers 200 with the served model names (`{"status": "SERVING",
+"models": [...]}`) while every model has a version AVAILABLE and the server is not draining, else 503 (a
+Kubernetes readiness probe).
 """
 from __future__ import annotations
 
@@ -237,7 +238,7 @@ class RestApi:
             return 200, self.core.metrics.render(self.core.repository, self.core.batcher)
         if method == "GET" and path == READY_PATH:
             if self.core.ready():
-                return 200, {"status": "SERVING"}
+                return 200, {"status": "SERVING", "models": sorted(self.core.repository.loaded_versions())}
             raise ServingError("UNAVAILABLE", "draining" if self.core.draining else "a model has no version AVAILABLE")
         if path.rstrip("/").lower() == "/v1/models":
             raise ServingError("INVALID_ARGUMENT", "Missing model name in request.")

@@ -415,6 +415,9 @@ def _scan_tfrecords(folder: str, prefix: str, image_feature: str, label_feature:
     return scan
 
 
+MIXED_SIDE_MAX = 128  # the default side for photos of many sizes: training cost grows with its square
+
+
 def _decide_shape(scan: _Scan, stated: Optional[Shape]) -> Tuple[Shape, int, str]:
     """(shape, how many images differ from it, how it was decided)."""
     if not scan.shapes and not scan.sizes:
@@ -446,8 +449,20 @@ def _decide_shape(scan: _Scan, stated: Optional[Shape]) -> Tuple[Shape, int, str
     differ = total - count
     if len(scan.shapes) == 1:
         return shape, 0, "every image has it"
-    return shape, differ, (f"the most common of {len(scan.shapes)} sizes, {count} of {total} images; pass "
-                           "--image-shape H,W,C to choose another")
+    if 2 * count >= total:
+        return shape, differ, (f"the most common of {len(scan.shapes)} sizes, {count} of {total} images; pass "
+                               "--image-shape H,W,C to choose another")
+    # Photos of many sizes: a square a person would choose, from the median shorter side (a multiple of 32
+    # from 32 px up), at most MIXED_SIDE_MAX; colour if any image has colour.
+    shorter = np.repeat([min(h, w) for h, w, _ in scan.shapes], list(scan.shapes.values()))
+    median = int(np.median(shorter))
+    side = min(MIXED_SIDE_MAX, median if median < 32 else median // 32 * 32)
+    channels = 3 if any(c == 3 for _, _, c in scan.shapes) else 1
+    shape = (side, side, channels)
+    return shape, total - scan.shapes.get(shape, 0), (
+        f"{len(scan.shapes)} sizes, the most common only {count} of {total} images: a square from the median "
+        f"shorter side ({median} px){f', at most {MIXED_SIDE_MAX}' if median > MIXED_SIDE_MAX else ''}; pass "
+        "--image-shape H,W,C to choose another")
 
 
 def _decide_range(scan: _Scan, stated: Optional[Range]) -> Tuple[Optional[Range], str]:

@@ -95,6 +95,22 @@ def test_image_folder_shape_is_the_most_common_not_the_first(tmp_path):
     assert "1 images resized or converted" in spec.describe()
 
 
+def test_photos_of_many_sizes_get_a_square_from_their_median_shorter_side(tmp_path):
+    sizes = [(90, 120), (100, 100), (110, 150), (95, 140), (120, 90), (105, 200), (140, 100), (99, 99)]
+    for i, (h, w) in enumerate(sizes):  # no size is shared by half the images; one is grey
+        (tmp_path / "ab"[i % 2]).mkdir(exist_ok=True)
+        pixels = np.zeros((h, w) if i == 3 else (h, w, 3), np.uint8)
+        (tmp_path / "ab"[i % 2] / f"p{i}.png").write_bytes(_png(pixels))
+    spec = formats.probe(DataSpec(path=str(tmp_path)))
+    assert spec.image_shape == (96, 96, 3), spec.describe()  # median shorter side 99 px, down to a multiple of 32
+    assert "a square from the median shorter side (99 px)" in spec.describe()
+    large = tmp_path / "large"
+    for i, side in enumerate((300, 310, 320)):
+        (large / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        (large / "ab"[i % 2] / f"p{i}.png").write_bytes(_png(np.zeros((side, side + 40, 3), np.uint8)))
+    assert formats.probe(DataSpec(path=str(large))).image_shape == (formats.MIXED_SIDE_MAX,) * 2 + (3,)
+
+
 def _records(path, labels, drop_label_at=None):
     with tf.io.TFRecordWriter(str(path)) as writer:
         for i, label in enumerate(labels):

@@ -289,13 +289,16 @@ def test_pushed_model_is_served_over_rest_and_grpc(first_run, tmp_path):
         for i, png in enumerate(pngs[:3]):
             (tmp_path / "folder" / ("sub" if i == 2 else "") / f"digit{i}.png").write_bytes(png)
         (tmp_path / "folder" / "notes.txt").write_text("not an image")
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
+        (tmp_path / "folder" / "sub" / "broken.png").write_bytes(pngs[0][:20])  # a truncated file
+        printed, errors = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):  # --model: the one served
             assert client.main(["predict", str(tmp_path / "folder"), "--image", str(tmp_path / "folder" / "digit0.png"),
-                                "--server", server.rest.split("//")[-1]]) == 0
+                                "--server", server.rest.split("//")[-1]]) == 1
         lines = printed.getvalue().splitlines()
-        assert len(lines) == 4 and lines[0].startswith(str(tmp_path / "folder" / "digit0.png") + f': "{names[0]}" p=')
-        assert [line.split('"')[1] for line in lines] == [names[0], names[1], names[2], names[0]]
+        assert len(lines) == 5 and lines[0].startswith(str(tmp_path / "folder" / "digit0.png") + f': "{names[0]}" p=')
+        assert lines[2].startswith(str(tmp_path / "folder" / "sub" / "broken.png") + ": refused (400: "), lines[2]
+        assert [line.split('"')[1] for line in lines[:2] + lines[3:]] == [names[0], names[1], names[2], names[0]]
+        assert "1 of 5 images refused" in errors.getvalue()
         # The pushed version carries TF Serving warm-up requests; the server replayed them before serving.
         assert os.path.isfile(os.path.join(result.pushed_dir, "assets.extra", "tf_serving_warmup_requests"))
         assert re.search(r"Warmed up digits version \d+ with 64 requests", open(server.log_path).read())
