@@ -1,13 +1,20 @@
 """Colour photo folders at real sizes: the pipeline against keras-io's image-folder recipe, in the same run.
 
     .venv/bin/python benchmarks/image_bench.py [--counts 2000,10000] [--sizes 64,160] [--epochs N] [--work DIR]
+    .venv/bin/python benchmarks/image_bench.py --suite [--folders objects,small] [--sizes 64,128]
+
+--suite: the photo-folder suite (benchmarks/photo_suite.py: eight kinds of colour folders generated from the
+photographs the installed packages ship, each hard in its own way), each run with no flag but --image-shape,
+beside keras-io's recipe with the same network for RECIPE_EPOCHS epochs (its best validation accuracy); then
+a summary: served minus recipe per folder, their mean, the folders more than 1 point below, wall and
+throughput ratios.
 
 For each count, a generated JPEG folder (benchmarks/photos.py: 5 classes, 100-260 px, textured
 backgrounds; no network). For each size, `python -m pipeline run --image-shape S,S,3 --no-cache`, with the
 RSS of its whole process tree sampled every 0.2 s and attributed to the component running at the time;
 then, in a fresh process, the recipe a user would write instead: `image_dataset_from_directory` (80/20
-split), Rescaling, the same augmentation and the same network (models/networks.py) for as many epochs as
-the pipeline's Trainer ran. Prints one JSON object per workload: wall time and peak RSS per component,
+split), Rescaling, the same augmentation and the same network (models/networks.py, with Keras' own BatchNorm
+momentum) at Adam's constant learning rate for RECIPE_EPOCHS epochs, scored by its best validation accuracy. Prints one JSON object per workload: wall time and peak RSS per component,
 ExampleGen + Transform bytes against the folder's, Trainer images/s, served (compressed) accuracy, the
 recipe's figures and the ratios the targets are stated in.
 
@@ -59,6 +66,7 @@ print(json.dumps({"wall_seconds": time.perf_counter() - start, "best_val_accurac
                   "fit_images_per_second": epochs * n / fit_seconds, "epochs": epochs,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 '''
+RECIPE_EPOCHS = 30  # keras-io's image-classification-from-scratch trains for a fixed number of epochs
 PROGRESS = re.compile(r"^\d\d:\d\d:\d\d (\w+): (running|done in)")
 
 
@@ -102,7 +110,7 @@ def folder_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
-def measure(folder: str, size: int, work: str, epochs) -> dict:
+def measure(folder: str, size: int, work: str, epochs=None) -> dict:
     from pipeline import lineage
 
     name = os.path.basename(folder)
@@ -114,8 +122,9 @@ def measure(folder: str, size: int, work: str, epochs) -> dict:
     report = result.compression_report
     served = report.stages[report.final_model_stage]
     hp = training["hparams"]
-    recipe = subprocess.run([sys.executable, "-c", RECIPE, folder, str(size), str(training["epochs_run"]),
-                             training["network"], json.dumps(hp)], cwd=ROOT, capture_output=True, text=True,
+    recipe = subprocess.run([sys.executable, "-c", RECIPE, folder, str(size), str(RECIPE_EPOCHS),
+                             training["network"], json.dumps({**hp, "bn_momentum": 0.99})], cwd=ROOT,
+                            capture_output=True, text=True,
                             env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
     if recipe.returncode != 0:
         raise RuntimeError(recipe.stderr[-3000:])
@@ -131,6 +140,7 @@ def measure(folder: str, size: int, work: str, epochs) -> dict:
         "peak_rss_mb": run["peak_rss_mb"],
         "source_bytes": source, "examplegen_transform_bytes": written,
         "network": training["network"], "augment": training["augment"], "epochs_run": training["epochs_run"],
+        "stopped": training.get("stopped"),
         "trainer_images_per_second": round(training["examples_per_second"], 1),
         "eval_accuracy": {s: round(m.accuracy, 4) for s, m in report.stages.items()},
         "gzip_bytes": {s: m.gzip_bytes for s, m in report.stages.items()},
@@ -187,6 +197,26 @@ def transfer(base_pushed_dir: str, size: int, work: str) -> dict:
     return figures
 
 
+def suite(work: str, sizes: list, names) -> None:
+    from benchmarks.photo_suite import write_suite
+
+    results = []
+    for name, folder in write_suite(os.path.join(work, "suite"), names).items():
+        for size in sizes:
+            row = measure(folder, size, work)
+            row.pop("trainer_model"), row.pop("pushed_dir")
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    served_minus_recipe = {r["workload"]: r["ratios"]["served_accuracy_minus_recipe_best_points"] for r in results}
+    print(json.dumps({"suite": {
+        "served_minus_recipe_points": served_minus_recipe,
+        "mean_points": round(sum(served_minus_recipe.values()) / len(results), 2),
+        "more_than_1_point_below": [w for w, d in served_minus_recipe.items() if d < -1],
+        "pipeline_over_recipe_wall": {r["workload"]: r["ratios"]["pipeline_over_recipe_wall"] for r in results},
+        "trainer_over_recipe_fit_throughput": {r["workload"]: r["ratios"]["trainer_over_recipe_fit_throughput"]
+                                               for r in results}}}, indent=1), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", default="2000,10000")
@@ -194,8 +224,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="epoch ceiling for the pipeline (default: the network's budget)")
     parser.add_argument("--work", default=None, help="folder for data and runs (default: a new temporary one)")
     parser.add_argument("--transfer", action="store_true", help="also pretrain once, fine-tune on other classes")
+    parser.add_argument("--suite", action="store_true", help="the photo-folder suite instead of --counts")
+    parser.add_argument("--folders", help="--suite: these folders only (default: all)")
     args = parser.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="image_bench_")
+    if args.suite:
+        return suite(work, [int(s) for s in args.sizes.split(",")], args.folders.split(",") if args.folders else None)
     results = []
     for count in (int(c) for c in args.counts.split(",")):
         folder = write_photo_folder(os.path.join(work, f"photos{count}"), count, classes=5, sizes=(100, 260), seed=count)

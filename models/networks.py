@@ -132,6 +132,19 @@ def build(name: str, image_shape, num_classes: int, hp, weights: Optional[str] =
     raise NetworkError(f"--model {name}: unknown; choose one of {', '.join(NETWORKS)}.")
 
 
+RAMP_EPOCHS = 2  # the learning rate's linear warm-up from a hundredth, before its cosine decay
+
+
+def schedule(learning_rate: float, epochs: int, steps_per_epoch: int):
+    """The learning rate over a phase: a linear ramp for RAMP_EPOCHS (none in phases under 5 epochs) up to
+    `learning_rate`, then cosine decay to a hundredth of it at the epoch ceiling."""
+    total = max(1, epochs * steps_per_epoch)
+    ramp = (RAMP_EPOCHS if epochs >= 5 else 0) * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(learning_rate / 100 if ramp else learning_rate, total - ramp,
+                                                  alpha=0.01, warmup_target=learning_rate if ramp else None,
+                                                  warmup_steps=ramp)
+
+
 def compile_model(model: keras.Model, learning_rate) -> keras.Model:
     """Adam at `learning_rate` (a number or a schedule), sparse categorical cross-entropy, accuracy."""
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),

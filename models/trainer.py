@@ -27,7 +27,6 @@ GRID = 16  # images in that grid
 # TensorBoard's weight histograms on every this-many-th epoch (0, 5, 10, ...): writing them took 45 ms an epoch
 # for small_cnn and 0.8 s for MobileNetV2 (alpha 0.35), more than an epoch of training on small data.
 HISTOGRAM_FREQ = 5
-RAMP_EPOCHS = 2  # the learning rate's linear warm-up from a hundredth, before its cosine decay
 
 
 def fit_verbosity() -> int:
@@ -72,16 +71,20 @@ class BestEpoch(keras.callbacks.Callback):
     """Early stopping on validation accuracy that judges only after a warm-up, and keeps the best epoch.
 
     Validation loss misleads while a BatchNorm network's moving statistics settle (it rises for several
-    epochs as the network starts to learn), so accuracy is judged, and not before `warmup` epochs. Training
-    stops when accuracy has not improved for `patience` epochs after the warm-up; the weights of the best
-    epoch (the first of equals) are restored at the end, however training ended. `reason` says why it ended."""
+    epochs as the network starts to learn), so accuracy is judged, and not before `warmup` epochs. An epoch is
+    better when its accuracy is higher by more than TIE, or within TIE and its loss lower (accuracy saturates
+    on easy data, where a lower loss is the better-converged model). Training stops when no epoch has been
+    better for `patience` epochs after the warm-up; the best epoch's weights are restored at the end, however
+    training ended. `reason` says why it ended."""
+
+    TIE = 0.005  # accuracies this close are equal (half a point)
 
     def __init__(self, patience: int, warmup: int):
         super().__init__()
         self.patience, self.warmup = patience, warmup
 
     def on_train_begin(self, logs=None):
-        self.best, self.best_epoch, self.best_weights, self.reason = -1.0, None, None, ""
+        self.best, self.best_loss, self.best_epoch, self.best_weights, self.reason = -1.0, float("inf"), None, None, ""
         self.first_epoch = self.last_epoch = None
         self.rates = []  # the learning rate at each epoch's end
 
@@ -89,9 +92,10 @@ class BestEpoch(keras.callbacks.Callback):
         self.first_epoch = epoch if self.first_epoch is None else self.first_epoch
         self.last_epoch = epoch
         self.rates.append(float(self.model.optimizer.learning_rate))
-        accuracy = float(logs["val_accuracy"])
-        if accuracy > self.best:
-            self.best, self.best_epoch, self.best_weights = accuracy, epoch, self.model.get_weights()
+        accuracy, loss = float(logs["val_accuracy"]), float(logs["val_loss"])
+        if accuracy > self.best + self.TIE or (accuracy >= self.best - self.TIE and loss < self.best_loss):
+            self.best, self.best_loss, self.best_epoch = accuracy, loss, epoch
+            self.best_weights = self.model.get_weights()
         since = epoch - self.best_epoch
         if epoch + 1 - self.first_epoch >= self.warmup and since >= self.patience:
             self.model.stop_training = True
@@ -105,16 +109,6 @@ class BestEpoch(keras.callbacks.Callback):
         if not self.reason:
             self.reason = (f"ran all {self.last_epoch + 1 - self.first_epoch} epochs; kept epoch "
                            f"{self.best_epoch + 1} (best validation accuracy {self.best:.4f})")
-
-
-def schedule(learning_rate: float, epochs: int, steps_per_epoch: int):
-    """The learning rate over a phase: a linear ramp for RAMP_EPOCHS (none in phases under 5 epochs) up to
-    `learning_rate`, then cosine decay to a hundredth of it at the epoch ceiling."""
-    total = max(1, epochs * steps_per_epoch)
-    ramp = (RAMP_EPOCHS if epochs >= 5 else 0) * steps_per_epoch
-    return keras.optimizers.schedules.CosineDecay(learning_rate / 100 if ramp else learning_rate, total - ramp,
-                                                  alpha=0.01, warmup_target=learning_rate if ramp else None,
-                                                  warmup_steps=ramp)
 
 
 @compat.libraries_not_converted()
@@ -178,7 +172,7 @@ def run_fn(fn_args) -> None:
                 for layer in model.layers:  # BatchNorm of a reused base stays in inference mode (Keras' transfer guide)
                     layer.trainable = (not frozen or layer not in frozen) and not (
                         replaced and isinstance(layer, keras.layers.BatchNormalization) and layer in features)
-                networks.compile_model(model, schedule(learning_rate, epochs, steps_per_epoch))
+                networks.compile_model(model, networks.schedule(learning_rate, epochs, steps_per_epoch))
                 timers.append(TrainTime())
                 stops.append(BestEpoch(hp["patience"], hp["warmup"]))
                 fit = model.fit(train, initial_epoch=len(history), epochs=len(history) + epochs,
