@@ -61,7 +61,8 @@ def _crop(rng, photos, width: int, height: int, photo_index=None, region=None) -
     return image.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else image
 
 
-def _outline(shape: str, cx: float, cy: float, r: float, angle: float):
+def outline(shape: str, cx: float, cy: float, r: float, angle: float):
+    """The polygon of `shape` (SHAPES10) of radius r at (cx, cy), turned by `angle`; None for a circle."""
     def turn(points):
         c, s = math.cos(angle), math.sin(angle)
         return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in points]
@@ -102,7 +103,7 @@ def _draw(image: Image.Image, rng, shape: str, colour, filled: bool = True, scal
     r = rng.uniform(*scale) * min(width, height)
     cx, cy = rng.uniform(r, width - r), rng.uniform(r, height - r)
     draw = ImageDraw.Draw(image)
-    points = _outline(shape, cx, cy, r, rng.uniform(0, 2 * math.pi))
+    points = outline(shape, cx, cy, r, rng.uniform(0, 2 * math.pi))
     line = max(2, int(r / 4))
     if points is None:
         box = [cx - r, cy - r, cx + r, cy + r]

@@ -11,6 +11,8 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from benchmarks.photo_suite import outline
+
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "bar", "diamond")
 
 
@@ -32,29 +34,6 @@ def _background(rng, width: int, height: int) -> Image.Image:
     return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5)))
 
 
-def _polygon(shape: str, cx: float, cy: float, r: float, angle: float):
-    def turn(points):
-        c, s = math.cos(angle), math.sin(angle)
-        return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in points]
-
-    if shape == "square":
-        return turn([(-r, -r), (r, -r), (r, r), (-r, r)])
-    if shape == "diamond":
-        return turn([(0, -1.3 * r), (0.7 * r, 0), (0, 1.3 * r), (-0.7 * r, 0)])
-    if shape == "triangle":
-        return turn([(r * math.cos(a), r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)])
-    if shape == "star":
-        return turn([((r if i % 2 == 0 else 0.45 * r) * math.cos(i * math.pi / 5 - math.pi / 2),
-                      (r if i % 2 == 0 else 0.45 * r) * math.sin(i * math.pi / 5 - math.pi / 2)) for i in range(10)])
-    if shape == "cross":
-        w = 0.35 * r
-        return turn([(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w),
-                     (-r, -w), (-w, -w)])
-    if shape == "bar":
-        return turn([(-r, -0.3 * r), (r, -0.3 * r), (r, 0.3 * r), (-r, 0.3 * r)])
-    raise ValueError(shape)
-
-
 def photo(rng, shape: str, width: int, height: int) -> Image.Image:
     image = _background(rng, width, height)
     draw = ImageDraw.Draw(image)
@@ -66,7 +45,7 @@ def photo(rng, shape: str, width: int, height: int) -> Image.Image:
     elif shape == "ring":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=max(2, int(r / 3)))
     else:
-        draw.polygon(_polygon(shape, cx, cy, r, rng.uniform(0, 2 * math.pi)), fill=colour)
+        draw.polygon(outline(shape, cx, cy, r, rng.uniform(0, 2 * math.pi)), fill=colour)
     return image
 
 
