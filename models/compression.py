@@ -58,7 +58,7 @@ def prune(model, schedule, epochs: int, steps_per_epoch: int, train, callbacks, 
     """Magnitude pruning on `schedule`, fine-tuned for `epochs`, then stripped of its wrappers.
     Returns (the pruned model, names of layers with kernels TFMOT could not prune)."""
     pruned, kept = prunable(model, schedule)
-    pruned = compile_fn(pruned, epochs)
+    pruned = compile_fn(pruned)
     pruned.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
                callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *callbacks])
     return tfmot.sparsity.keras.strip_pruning(pruned), kept
@@ -115,7 +115,7 @@ def quantize_aware(model, sparse: bool, epochs: int, steps_per_epoch: int, train
     Returns (the QAT model, names of the layers kept float)."""
     scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme() if sparse else None
     quantized, kept = quantizable(model, scheme)
-    quantized = compile_fn(quantized, epochs)
+    quantized = compile_fn(quantized)
     quantized.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose, callbacks=callbacks)
     return quantized, kept
 

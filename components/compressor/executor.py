@@ -107,9 +107,8 @@ class Executor(base_executor.BaseExecutor):
         evaluation = data.dataset(fn_args, fn_args.eval_files, tft_output, data.eval_batch_size(tft_output, batch_size),
                                   seed, train=False)
 
-        def compile_fn(model, epochs=1):
-            """Adam on the cosine schedule the Trainer uses, over a stage's `epochs`: each stage ends annealed."""
-            return networks.compile_model(model, networks.schedule(p["learning_rate"], epochs, steps_per_epoch))
+        def compile_fn(model):
+            return networks.compile_model(model, p["learning_rate"])
 
         def tensorboard(stage):
             return [FitClock(seconds),  # first: its clock starts before the other callbacks' start of training

@@ -90,7 +90,7 @@ def test_user_models_get_a_new_head_then_prune_to_the_target_and_quantize(kind, 
     if conv.name in named:
         assert conv is named[conv.name]
     train, x = _batches()
-    compile_fn = lambda m, epochs=1: networks.compile_model(m, networks.schedule(1e-3, epochs, 2))  # noqa: E731
+    compile_fn = lambda m: networks.compile_model(m, 1e-3)  # noqa: E731
     compile_fn(model).fit(train, epochs=1, steps_per_epoch=2, verbose=0)
     pruned, not_pruned = compression.prune(model, compression.pruning_schedule(12, 0.8), 3, 4, train, [],
                                            compile_fn, 0)
