@@ -22,7 +22,7 @@ from models import contract
 @dataclasses.dataclass(frozen=True)
 class Budget:
     """How long a network trains from scratch: an epoch ceiling, the warm-up (epochs before early stopping
-    judges, and over which the learning rate ramps up) and the patience (epochs without a better validation
+    judges; the learning rate's own ramp is RAMP_EPOCHS) and the patience (epochs without a better validation
     accuracy before stopping). Decided on the photo-folder suite against keras-io's recipe and on the digits
     (benchmarks/image_bench.py --suite, README)."""
 

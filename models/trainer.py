@@ -157,8 +157,7 @@ def run_fn(fn_args) -> None:
                 hp["backbone_weights"] = weights
                 phases = [("from scratch", None, hp["epochs"], hp["learning_rate"])]
             else:
-                pixels, why = ((config["base_model_pixels"], "--base-model-pixels") if config.get("base_model_pixels")
-                               else transfer.input_pixels(base))
+                pixels, why = transfer.pixels_for(base, config.get("base_model_pixels"))
                 log.info("The base model reads pixels in %s: %s", pixels, why)
                 hp["base_model_pixels"] = pixels
                 model, features, replaced = transfer.adapt(base, image_shape, num_classes, pixels)

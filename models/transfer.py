@@ -44,6 +44,11 @@ def _first_layers(model: keras.Model, depth: int = 4) -> list:
     return found[:depth]
 
 
+def pixels_for(base: keras.Model, stated: Optional[str]) -> Tuple[str, str]:
+    """(the pixel range to feed `base`, why): `stated` (--base-model-pixels) when given, else input_pixels."""
+    return (stated, "--base-model-pixels") if stated else input_pixels(base)
+
+
 def input_pixels(base: keras.Model) -> Tuple[str, str]:
     """(the pixel range `base` expects, one of PIXELS; why): read from a Rescaling layer among its first layers
     (a scale under 1/100 reads 0..255), else a keras.applications model's known preprocessing, else this

@@ -66,8 +66,7 @@ def user_base_model(config: PipelineConfig, data: formats.DataFacts) -> dag.Base
             transfer.check(base, data.image_shape)
         except transfer.IncompatibleBaseModel as e:
             raise formats.DataError(str(e)) from e
-        pixels, why = ((config.base_model_pixels, "--base-model-pixels") if config.base_model_pixels
-                       else transfer.input_pixels(base))
+        pixels, why = transfer.pixels_for(base, config.base_model_pixels)
         log.info("Base model %s reads pixels in %s: %s", path, pixels, why)
     return dag.BaseModel(path, f"transfer learning from the base model {path}")
 
