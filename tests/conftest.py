@@ -24,7 +24,7 @@ def e2e_config(output_dir, **compression_overrides):
     config = PipelineConfig(output_dir=str(output_dir))
     config.hparams.epochs = 6
     config.hparams.fine_tune_epochs = 3  # warm start on a new span
-    config.compression.prune_epochs = 3
+    config.compression.prune_epochs = 4  # at 3, one seed in three lost more than the 1-point budget
     config.compression.qat_epochs = 1
     config.compression.target_sparsity = TARGET_SPARSITY
     for key, value in compression_overrides.items():
