@@ -74,7 +74,8 @@ class BestEpoch(keras.callbacks.Callback):
     epochs as the network starts to learn), so accuracy is judged, and not before `warmup` epochs. An epoch is
     better when its accuracy is higher by more than TIE, or within TIE and its loss lower (accuracy saturates
     on easy data, where a lower loss is the better-converged model). Training stops when no epoch has been
-    better for `patience` epochs after the warm-up; the best epoch's weights are restored at the end, however
+    better for `patience` epochs counted from the later of the best epoch and the warm-up's end (a best epoch
+    inside the warm-up does not shorten the look after it); the best epoch's weights are restored at the end, however
     training ended. `reason` says why it ended."""
 
     TIE = 0.005  # accuracies this close are equal (half a point)
@@ -97,7 +98,8 @@ class BestEpoch(keras.callbacks.Callback):
             self.best, self.best_loss, self.best_epoch = accuracy, loss, epoch
             self.best_weights = self.model.get_weights()
         since = epoch - self.best_epoch
-        if epoch + 1 - self.first_epoch >= self.warmup and since >= self.patience:
+        warm_end = self.first_epoch + self.warmup - 1  # patience counts from the later of it and the best epoch
+        if epoch - max(self.best_epoch, warm_end) >= self.patience:
             self.model.stop_training = True
             self.reason = (f"stopped at epoch {epoch + 1}: validation accuracy has not improved for {since} epochs "
                            f"since epoch {self.best_epoch + 1} (best {self.best:.4f})")
