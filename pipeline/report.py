@@ -18,9 +18,10 @@ from pipeline.lineage import RunResult, latest_run
 
 
 
-def _png(fig) -> str:
+def _png(fig, tight: bool = False) -> str:
+    """The figure as a PNG data URI; tight: grown or cropped to every label, so none is clipped."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    fig.savefig(buffer, format="png", dpi=DPI, **({"bbox_inches": "tight", "pad_inches": 0.1} if tight else {}))
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -252,13 +253,68 @@ def _confusion(uri: str):
     return [], {}
 
 
-def images_section(result: RunResult) -> str:
-    """Training images as the network sees them, the confusion matrix by class name (TFMA's
-    MultiClassConfusionMatrixPlot) and the eval images the model gets most wrong."""
+DPI = 100
+
+
+def short(name: str, most: int = 40) -> str:
+    """A class name for a figure: whole up to `most` characters, else its start and end around '…' (names
+    that differ only at the end, such as numbered ones, stay distinct)."""
+    return name if len(name) <= most else name[:most // 2 - 1] + "…" + name[-(most // 2 - 1):]
+
+
+def confusion_figure(matrix, names: List[str]):
+    """The confusion matrix as a figure whose cells keep a readable size however many classes there are and
+    however long their names: the figure grows around the matrix, and is saved tight to its labels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = len(names)
+    cell = max(0.3, min(0.5, 9.0 / max(n, 1)))  # inches: 0.5 up to 18 classes, then down to 0.3
+    side = max(n * cell, 2.5)
+    labels = [short(name) for name in names]
+    margin = 0.5 + 0.075 * max(map(len, labels), default=1)  # room for the longest tick label at 9 pt
+    fig = plt.figure(figsize=(margin + side + 0.3, margin + side + 0.6))
+    ax = fig.add_axes([margin / (margin + side + 0.3), margin / (margin + side + 0.6),
+                       side / (margin + side + 0.3), side / (margin + side + 0.6)])
+    ax.imshow(matrix, cmap="Blues", extent=(-0.5, n - 0.5, n - 0.5, -0.5))
+    font = 9 if cell >= 0.4 else 7
+    for (i, j), value in np.ndenumerate(matrix):
+        if value:
+            ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=font,
+                    color="white" if value > matrix.max() / 2 else "black")
+    ax.set_xticks(range(n), labels, rotation=45, ha="right", rotation_mode="anchor", fontsize=9)
+    ax.set_yticks(range(n), labels, fontsize=9)
+    ax.set_xlabel("predicted", fontsize=10)
+    ax.set_ylabel("true", fontsize=10)
+    ax.set_title(f"confusion matrix (eval split, TFMA; {n} classes)", fontsize=11, loc="left")
+    return fig
+
+
+def worst_figure(images, captions: List[str]):
+    """Eval images with their captions (true → predicted, probability), large enough to read."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(4, len(images))  # four across fit the page's width unscaled
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 3.0 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions):
+        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
+        ax.set_title(caption, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def images_section(result: RunResult) -> str:
+    """Training images as the network sees them, the confusion matrix by class name (TFMA's
+    MultiClassConfusionMatrixPlot) and the eval images the model gets most wrong."""
     import numpy as np
     import tensorflow as tf
 
@@ -288,18 +344,8 @@ def images_section(result: RunResult) -> str:
             for (actual, predicted), count in counts.items():
                 if actual < len(names) and predicted < len(names):
                     matrix[actual, predicted] = count
-            fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(names), 0.8 + 0.6 * len(names)))
-            ax.imshow(matrix, cmap="Blues")
-            for (i, j), value in np.ndenumerate(matrix):
-                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8,
-                        color="white" if value > matrix.max() / 2 else "black")
-            ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-            ax.set_yticks(range(len(names)), names)
-            ax.set_xlabel("predicted")
-            ax.set_ylabel("true")
-            ax.set_title("confusion matrix (eval split, TFMA)")
-            fig.tight_layout()
-            parts.append(f'<h3>Confusion matrix</h3><img id="confusion-matrix" alt="confusion matrix" src="{_png(fig)}">')
+            parts.append('<h3>Confusion matrix</h3><img id="confusion-matrix" alt="confusion matrix" '
+                         f'src="{_png(confusion_figure(matrix, names), tight=True)}">')
     files = sorted(tf.io.gfile.glob(os.path.join(examples_uri, "Split-eval", "*")))
     records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(WORST_SCANNED)]
     if records:
@@ -311,18 +357,13 @@ def images_section(result: RunResult) -> str:
         true_p = probabilities[np.arange(len(labels)), labels]
         worst = [i for i in np.argsort(true_p) if probabilities[i].argmax() != labels[i]][:WORST]
         if worst:
-            fig, axes = plt.subplots(1, len(worst), figsize=(1.6 * len(worst), 2.1), squeeze=False)
-            for ax, i in zip(axes[0], worst):
-                image = tf.io.decode_image(tf.train.Example.FromString(records[i]).features.feature[
-                    "image"].bytes_list.value[0], expand_animations=False).numpy()
-                ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
-                ax.set_title(f"{names[labels[i]]}\n→ {names[probabilities[i].argmax()]} "
-                             f"{probabilities[i].max():.2f}", fontsize=7)
-                ax.axis("off")
-            fig.tight_layout()
+            images = [tf.io.decode_image(tf.train.Example.FromString(records[i]).features.feature[
+                "image"].bytes_list.value[0], expand_animations=False).numpy() for i in worst]
+            fig = worst_figure(images, [f"{short(names[labels[i]], 22)}\n→ {short(names[probabilities[i].argmax()], 22)}"
+                                        f" {probabilities[i].max():.2f}" for i in worst])
             parts.append(f"<h3>The {len(worst)} eval images the model gets most wrong (true → predicted, "
                          f'probability; of {len(records)} scored)</h3><img id="worst-images" alt="worst eval images" '
-                         f'src="{_png(fig)}">')
+                         f'src="{_png(fig, tight=True)}">')
         else:
             parts.append(f"<p>The model classifies all {len(records)} scored eval images correctly.</p>")
     return "".join(parts)
@@ -334,6 +375,18 @@ def push_section(result: RunResult) -> str:
     reasons = (result.refusal or "the run did not reach the Pusher").splitlines()
     return '<p class="bad">Not pushed:</p><ul class="bad">' + "".join(
         f"<li>{html.escape(r)}</li>" for r in reasons) + "</ul>"
+
+
+def html_page(title: str, body: str) -> str:
+    """The report's page: its style, `title` as heading, `body` (HTML). Once loaded, each image records its
+    natural and rendered widths (data-natural-width, data-rendered-width) for the browser checks."""
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:.5em 0}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}tr.fail td{{background:#fde7ea;color:#b00020;font-weight:bold}}th{{background:#f3f3f3}}.ok{{color:#176c2f}}.bad{{color:#b00020}}
+img{{max-width:100%;display:block;margin:.5em 0}}</style></head><body>
+<h1>{html.escape(title)}</h1>{body}
+<script>window.addEventListener("load",()=>document.querySelectorAll("img").forEach(i=>{{i.dataset.naturalWidth=i.naturalWidth;i.dataset.renderedWidth=i.clientWidth}}));</script>
+</body></html>"""
 
 
 def build(output_dir: str, pipeline_name: str) -> str:
@@ -350,13 +403,7 @@ def build(output_dir: str, pipeline_name: str) -> str:
                 ("Evaluation", evaluation_section(result)), ("Images", images_section(result)),
                 ("Push", push_section(result))]
     body = "".join(f'<section id="{t.lower()}"><h2>{t}</h2>{content}</section>' for t, content in sections)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(pipeline_name)} run report</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:.5em 0}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}tr.fail td{{background:#fde7ea;color:#b00020;font-weight:bold}}th{{background:#f3f3f3}}.ok{{color:#176c2f}}.bad{{color:#b00020}}
-img{{max-width:100%;display:block;margin:.5em 0}}</style></head><body>
-<h1>{html.escape(pipeline_name)}: run report</h1><p>Generated {time.strftime("%Y-%m-%d %H:%M:%S")}</p>{body}
-<script>window.addEventListener("load",()=>document.querySelectorAll("img").forEach(i=>{{i.dataset.naturalWidth=i.naturalWidth}}));</script>
-</body></html>"""
+    page = html_page(f"{pipeline_name}: run report", f"<p>Generated {time.strftime('%Y-%m-%d %H:%M:%S')}</p>{body}")
     os.makedirs(paths.report_dir, exist_ok=True)
     path = os.path.join(paths.report_dir, "index.html")
     with open(path + ".tmp", "w") as f:

@@ -41,6 +41,21 @@ def first_run(tmp_path_factory):
     return output, local_runner.run(e2e_config(output))
 
 
+def chromium(page: str, profile_dir, *, screenshot=None, width: int = 1200, height: int = 4000) -> str:
+    """Debian's headless Chromium on file `page`: the DOM after load (the report's script has recorded each
+    image's natural and rendered widths), or with `screenshot` a PNG written there (returns '')."""
+    import shutil
+    import subprocess
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert binary, "Debian's chromium is needed (make test installs it)"
+    flags = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile_dir}", "--virtual-time-budget=5000", f"--window-size={width},{height}"]
+    flags += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
+    return subprocess.run(flags + [f"file://{page}"], capture_output=True, text=True, timeout=120).stdout
+
+
 def tfx_artifact(artifact_type, uri: str, splits=None):
     """A TFX artifact object at `uri` (as an executor receives it)."""
     from tfx.types import artifact_utils

@@ -84,9 +84,9 @@ class CompressionReport:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-        for stage, m in self.stages.items():
-            ax.scatter(m.gzip_bytes / 1024, 100 * m.accuracy, s=60)
-            ax.annotate(stage, (m.gzip_bytes / 1024, 100 * m.accuracy), textcoords="offset points", xytext=(6, 4))
+        for (stage, m), marker in zip(self.stages.items(), "osD^v"):  # a legend: stages of equal accuracy
+            ax.scatter(m.gzip_bytes / 1024, 100 * m.accuracy, s=60, marker=marker, label=stage)  # overlap
+        ax.legend(fontsize=9, loc="best")
         ax.set_xscale("log")
         ax.set_xlabel("gzip-compressed size (KB, log scale)")
         ax.set_ylabel("eval accuracy (%)")

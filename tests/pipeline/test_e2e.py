@@ -352,27 +352,21 @@ def test_pushed_model_is_served_over_rest_and_grpc(first_run, tmp_path):
 
 def test_html_report_renders_in_headless_chromium(first_run, tmp_path):
     import re
-    import shutil
-    import subprocess
 
     from pipeline import report
+    from tests.conftest import chromium
 
     output, _ = first_run
     page = report.build(str(output), "digits")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Debian's chromium is needed (make test installs it)"
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--window-size=1200,4000"]
-    dom = subprocess.run(flags + ["--dump-dom", f"file://{page}"], capture_output=True, text=True, timeout=120).stdout
-    for plot in ("compression-plot", "curves-plot", "label-plot"):
+    dom = chromium(page, tmp_path / "profile")
+    for plot in ("compression-plot", "curves-plot", "label-plot", "confusion-matrix"):
         match = re.search(rf'<img id="{plot}"[^>]*data-natural-width="(\d+)"', dom)
         assert match and int(match.group(1)) > 0, plot
     per_class = re.search(r'<table class="per-class">.*?<tbody>(.*?)</tbody>', dom, re.S).group(1)
     assert per_class.count("<tr") == 10 and "class '3'" in per_class
     assert "10 classes (inferred from the integer labels 0..9" in dom  # the data facts, as the run printed them
     screenshot = tmp_path / "report.png"
-    subprocess.run(flags + [f"--screenshot={screenshot}", f"file://{page}"], capture_output=True, timeout=120)
+    chromium(page, tmp_path / "profile", screenshot=screenshot)
     assert screenshot.stat().st_size > 10000
 
 
