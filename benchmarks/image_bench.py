@@ -18,6 +18,8 @@ momentum) at Adam's constant learning rate for RECIPE_EPOCHS epochs, scored by i
 ExampleGen + Transform bytes against the folder's, Trainer images/s, served (compressed) accuracy, the
 recipe's figures and the ratios the targets are stated in.
 
+--suite --transfer: the same on photographs (benchmarks/photo_suite.py): the pipeline pretrains on shapes 5-9
+drawn on photo crops, and its pushed model is fine-tuned onto shapes 0-4 (image_bench.suite_transfer).
 --transfer: pretrain once, fine-tune many times. The model pushed by the first workload is the
 --base-model of runs on another generated set with 3 other classes (ring, bar, diamond) at 10, 30 and
 100 images per class, against the same network from scratch; both are scored on 100 held-out images per
@@ -158,14 +160,15 @@ def measure(folder: str, size: int, work: str, epochs=None) -> dict:
     }
 
 
-def transfer(base_pushed_dir: str, size: int, work: str) -> dict:
+def transfer(base_pushed_dir: str, size: int, work: str, pool: str = None, classes=("bar", "diamond", "ring")) -> dict:
+    """`base_pushed_dir` fine-tuned on `classes` of `pool` (sorted; at least 200 images each) at 10, 30 and
+    100 images per class, against the same network from scratch; scored on images 100-199 of each class."""
     import numpy as np
     import tensorflow as tf
 
     from pipeline import lineage
 
-    pool = write_photo_folder(os.path.join(work, "other_pool"), 8 * 200, classes=8, sizes=(100, 260), seed=77)
-    classes = ("bar", "diamond", "ring")  # sorted, as the pipeline names the folders
+    pool = pool or write_photo_folder(os.path.join(work, "other_pool"), 8 * 200, classes=8, sizes=(100, 260), seed=77)
     files = {c: sorted(os.listdir(os.path.join(pool, c))) for c in classes}
     held_out = [(os.path.join(pool, c, f), i) for i, c in enumerate(classes) for f in files[c][100:200]]
     figures = {}
@@ -195,6 +198,25 @@ def transfer(base_pushed_dir: str, size: int, work: str) -> dict:
         figures[f"{per_class}_per_class"] = row
         print(json.dumps({"transfer": {f"{per_class}_per_class": row}}), flush=True)
     return figures
+
+
+def suite_transfer(work: str, size: int) -> dict:
+    """Pretrain once with the pipeline on shapes 5-9 of the photo suite's objects (200 per class), then
+    fine-tune its pushed model onto shapes 0-4 (other classes, same kind of photographs)."""
+    from benchmarks.photo_suite import SHAPES10, objects
+    from pipeline import lineage
+
+    pretrain = objects(os.path.join(work, "suite", "pretrain_shapes_5_9"), per_class=200, seed=11, shapes=SHAPES10[5:])
+    output = os.path.join(work, f"pretrain_{size}")
+    run = run_pipeline(["--data", pretrain, "--image-shape", f"{size},{size},3", "--output", output, "--no-cache",
+                        "--no-prune", "--no-qat", "--min-accuracy", "0", "--min-class-accuracy", "0"])
+    result = lineage.latest_run(os.path.join(output, "metadata.sqlite"), os.path.basename(pretrain))
+    base = result.pushed_dir or result.uri("Trainer", "model")
+    pretrained = {"val_accuracy": max(e["val_accuracy"] for e in result.training["epochs"]),
+                  "wall_seconds": round(run["wall_seconds"], 1), "stopped": result.training.get("stopped")}
+    print(json.dumps({"pretrained": pretrained}), flush=True)
+    pool = objects(os.path.join(work, "suite", "transfer_pool_shapes_0_4"), per_class=200, seed=12)
+    return {"pretrained": pretrained, **transfer(base, size, work, pool, tuple(sorted(SHAPES10[:5])))}
 
 
 def suite(work: str, sizes: list, names) -> None:
@@ -228,6 +250,9 @@ def main() -> None:
     parser.add_argument("--folders", help="--suite: these folders only (default: all)")
     args = parser.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="image_bench_")
+    if args.suite and args.transfer:
+        print(json.dumps({"suite_transfer": suite_transfer(work, int(args.sizes.split(",")[0]))}, indent=1))
+        return None
     if args.suite:
         return suite(work, [int(s) for s in args.sizes.split(",")], args.folders.split(",") if args.folders else None)
     results = []

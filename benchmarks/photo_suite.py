@@ -181,9 +181,9 @@ def _write(folder: str, counts: dict, make, seed: int) -> str:
     return folder
 
 
-def objects(folder, per_class=120, seed=1):
+def objects(folder, per_class=120, seed=1, shapes=SHAPES10[:5]):
     photos = source_photos()
-    return _write(folder, {s: per_class for s in SHAPES10[:5]}, lambda rng, s, i: _objects(rng, photos, s, i), seed)
+    return _write(folder, {s: per_class for s in shapes}, lambda rng, s, i: _objects(rng, photos, s, i), seed)
 
 
 def textures(folder, per_class=100, seed=2):
