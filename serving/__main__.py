@@ -51,6 +51,15 @@ def parse_args(argv=None):
     flag("--request_log_max_file_bytes", type=int, default=64 << 20, help="request log file size before rotation")
     flag("--request_log_max_file_seconds", type=float, default=300, help="request log file age before rotation")
     flag("--max_body_bytes", type=int, default=16 << 20, help="largest REST body / gRPC message")
+    flag("--max_request_rows", type=int, default=1024,
+         help="most rows (images, examples) one request may ask for (0: no bound)")
+    flag("--rest_api_max_connections", type=int, default=0,
+         help="open REST connections; one more is answered 503 (0: what the open-file limit allows, at most 4096)")
+    flag("--request_log_dir", help="the folder request logs may be written under: a logging_config's "
+                                   "filename_prefix, relative or absolute, must lie inside it (default: the "
+                                   "folders of the startup config's prefixes; a reload cannot add others)")
+    flag("--request_log_max_bytes", type=int, default=1 << 30,
+         help="request log bytes this server writes in all; logging stops beyond, with an error")
     flag("--drain_seconds", type=float, default=10.0, help="grace period for in-flight requests on SIGTERM")
     flag("--port_file", help="write 'grpc_port rest_port' here once serving (for tests and scripts)")
     args = p.parse_args(argv)
@@ -60,6 +69,18 @@ def parse_args(argv=None):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
     return args
+
+
+def raise_open_file_limit() -> None:
+    """The soft open-file limit up to the hard one: each REST or gRPC connection holds a handle."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warning("open-file limit stays %d: %s", soft, e)
 
 
 def _bool(text: str) -> bool:
@@ -124,9 +145,16 @@ def main(argv=None) -> int:
     # full collection (which frees an unloaded version) walks only the models and requests.
     gc.collect()
     gc.freeze()
+    raise_open_file_limit()
+    try:
+        request_log = RequestLog(args.request_log_max_file_bytes, args.request_log_max_file_seconds,
+                                 max_bytes=args.request_log_max_bytes, root=args.request_log_dir,
+                                 trusted=[m for m in models if m.logging])
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     repository = Repository(models, poll_seconds=args.file_system_poll_wait_seconds)
-    core = InferenceCore(repository, batching, RequestLog(args.request_log_max_file_bytes,
-                                                          args.request_log_max_file_seconds))
+    core = InferenceCore(repository, batching, request_log, max_request_rows=args.max_request_rows)
     grpc_server = grpc_service.make_server(core, args.host, args.port, args.max_body_bytes, args.grpc_max_threads,
                                            health=args.enable_grpc_healthcheck_service)
     if args.enable_model_warmup:
@@ -147,7 +175,8 @@ def main(argv=None) -> int:
     if args.rest_api_port >= 0:
         rest_server = rest.RestServer(rest.RestApi(grpc_server.prediction_service), args.host, args.rest_api_port,
                                       max_body_bytes=args.max_body_bytes, threads=args.rest_api_num_threads,
-                                      timeout_ms=args.rest_api_timeout_in_ms)
+                                      timeout_ms=args.rest_api_timeout_in_ms,
+                                      max_connections=args.rest_api_max_connections)
     rest_port = rest_server.port if rest_server else -1
     log.info("Running gRPC ModelServer at %s:%d, REST at %s:%d", args.host, grpc_server.port, args.host, rest_port)
     if args.port_file:

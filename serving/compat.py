@@ -14,3 +14,23 @@ def answer_bad_requests_with(stream, answer: bytes) -> None:
         return write(answer if data == TORNADO_BAD_REQUEST else data, *args, **kwargs)
 
     stream.write = write_instead
+
+
+def open_connections(server) -> int:
+    """The connections an HTTPServer has open (its private set, kept by handle_stream and on_close)."""
+    return len(server._connections)
+
+
+def listen(server, sockets, accept) -> None:
+    """TCPServer.add_sockets with our own accept handler: `accept(loop, sock, handle)` returns the IOLoop
+    handler for `sock`, calling `handle(connection, address)` (TCPServer's private _handle_connection) for each
+    connection it keeps; stop() removes the handlers through the server's private _handlers, as for its own."""
+    from tornado.ioloop import IOLoop
+
+    loop = IOLoop.current()
+    for sock in sockets:
+        handler = accept(loop, sock, server._handle_connection)
+        loop.add_handler(sock, handler, IOLoop.READ)
+        server._sockets[sock.fileno()] = sock
+        server._handlers[sock.fileno()] = lambda sock=sock: (setattr(handler, "removed", True),
+                                                             loop.remove_handler(sock))

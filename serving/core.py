@@ -334,6 +334,11 @@ class Batcher:
 
 
 # ----------------------------------------------------------------------------- metrics
+def label(value) -> str:
+    """A Prometheus label value: backslash, double quote and newline escaped, as the exposition format asks."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 class Metrics:
     """Prometheus text exposition of request counts, latencies and loaded versions."""
 
@@ -359,11 +364,11 @@ class Metrics:
         lines = ["# TYPE :tensorflow:serving:request_count counter"]
         with self._lock:
             for (model, api, status), n in sorted(self.counts.items()):
-                lines.append(f':tensorflow:serving:request_count{{model_name="{model}",api="{api}",'
+                lines.append(f':tensorflow:serving:request_count{{model_name="{label(model)}",api="{api}",'
                              f'status="{status}"}} {n}')
             lines.append("# TYPE :tensorflow:serving:request_latency histogram")
             for (model, api), entry in sorted(self.latency.items()):
-                labels = f'model_name="{model}",api="{api}"'
+                labels = f'model_name="{label(model)}",api="{api}"'
                 for bound, n in zip(self.BUCKETS, entry[2:]):
                     lines.append(f':tensorflow:serving:request_latency_bucket{{{labels},le="{bound}"}} {n}')
                 lines.append(f':tensorflow:serving:request_latency_bucket{{{labels},le="+Inf"}} {entry[1]}')
@@ -372,7 +377,7 @@ class Metrics:
         lines.append("# TYPE :tensorflow:core:servable_state gauge")
         for model, versions in sorted(repository.loaded_versions().items()):
             for version in versions:
-                lines.append(f':tensorflow:core:servable_state{{model_name="{model}",version="{version}",'
+                lines.append(f':tensorflow:core:servable_state{{model_name="{label(model)}",version="{version}",'
                              f'state="AVAILABLE"}} 1')
         if batcher is not None:
             lines.append("# TYPE :tensorflow:serving:batch_size counter")
@@ -382,13 +387,16 @@ class Metrics:
 
 
 # ----------------------------------------------------------------------------- the core
+MAX_REQUEST_ROWS = 1024  # rows (images, examples) one request may ask for: what it costs grows with them
+
+
 class InferenceCore:
     def __init__(self, repository: Repository, batching: Optional[BatchingParameters] = None,
-                 request_log: Optional[RequestLog] = None):
-        self.repository = repository
+                 request_log: Optional[RequestLog] = None, max_request_rows: int = MAX_REQUEST_ROWS):
+        self.repository, self.max_request_rows = repository, max_request_rows
         self.batcher = Batcher(batching) if batching else None
         self.metrics = Metrics()
-        self.request_log = request_log or RequestLog()
+        self.request_log = request_log or RequestLog(trusted=[m for m in repository.models.values() if m.logging])
         self.request_log.configure(list(repository.models.values()))
         self.draining = False
         self._inflight = 0
@@ -425,12 +433,34 @@ class InferenceCore:
         self.request_log.configure(models)
 
     def ready(self, model: Optional[str] = None) -> Optional[bool]:
-        """Whether `model` (None: every model) has a version AVAILABLE and the server is not draining;
-        None for an unknown model."""
+        """Whether `model` (None: every model, and there is at least one) has a version AVAILABLE and the server
+        is not draining; None for an unknown model."""
         loaded = self.repository.loaded_versions()
         if model is not None and model not in loaded:
             return None
-        return not self.draining and all(loaded[m] for m in ([model] if model else loaded))
+        return not self.draining and bool(loaded) and all(loaded[m] for m in ([model] if model else loaded))
+
+    def check_rows(self, rows: int) -> None:
+        """INVALID_ARGUMENT when one request asks for more rows than --max_request_rows: a request's cost grows
+        with its rows, and a tensor proto can declare many rows with one value (TF fills the rest)."""
+        if self.max_request_rows and rows > self.max_request_rows:
+            raise ServingError("INVALID_ARGUMENT", f"the request has {rows} rows; this server runs at most "
+                                                   f"{self.max_request_rows} per request (--max_request_rows): "
+                                                   "send them in smaller requests")
+
+    def _rows_checked(self, function, inputs):
+        checked = check_inputs(function, inputs)
+        shaped = [a for a in checked.values() if a.ndim]
+        if shaped:
+            self.check_rows(len(shaped[0]))
+        return checked
+
+    def observe(self, model: str, api: str, status: str, seconds: float) -> None:
+        """Counts a request in the metrics, under its model's name only if the server serves (or is
+        configured for) that model: names that callers make up do not grow the metrics page."""
+        if model and model not in self.repository.models:
+            model = "(unknown model)"
+        self.metrics.observe(model, api, status, seconds)
 
     def drain(self, timeout: float) -> bool:
         with self._inflight_lock:
@@ -439,7 +469,7 @@ class InferenceCore:
     def predict(self, servable: Servable, signature_name: str,
                 inputs: Dict[str, np.ndarray]) -> Tuple[str, Dict[str, np.ndarray]]:
         name, function = signature_of(servable, signature_name)
-        checked = check_inputs(function, inputs)
+        checked = self._rows_checked(function, inputs)
         if self.batcher is not None:
             return name, self.batcher(servable, name, function, checked)
         return name, run(function, checked)
@@ -448,7 +478,7 @@ class InferenceCore:
                             inputs: Dict[str, np.ndarray]) -> Tuple[str, Dict[str, np.ndarray]]:
         """`predict` for an event loop: the model runs on a batch thread or in the loop's executor."""
         name, function = signature_of(servable, signature_name)
-        checked = check_inputs(function, inputs)
+        checked = self._rows_checked(function, inputs)
         if self.batcher is not None:
             return name, await self.batcher.run_async(servable, name, function, checked)
         return name, await asyncio.get_running_loop().run_in_executor(None, run, function, checked)
@@ -466,6 +496,7 @@ class InferenceCore:
             raise ServingError("INVALID_ARGUMENT", "Expected one input Tensor.")
         if not serialized:
             raise ServingError("INVALID_ARGUMENT", "Input is empty.")
+        self.check_rows(len(serialized))
         outputs = run(function, {next(iter(definition.inputs)): np.asarray(serialized, dtype=object)})
         for key, value in outputs.items():
             if value.ndim == 0 or len(value) != len(serialized):

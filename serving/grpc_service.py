@@ -75,8 +75,11 @@ def tensor_array(proto: tensor_pb2.TensorProto, name: str, max_bytes: int) -> np
                                                f"{types_pb2.DataType.Name(proto.dtype) if proto.dtype in types_pb2.DataType.values() else proto.dtype}"
                                                " is not supported in a request")
     count, dtype = math.prod(dims), _NUMERIC.get(proto.dtype)
-    size = count * (dtype.itemsize if dtype is not None else
-                    tf.as_dtype(proto.dtype).size if proto.dtype != types_pb2.DT_STRING else 1)
+    if proto.dtype == types_pb2.DT_STRING:  # what it declares: TF fills missing elements with the last value
+        given = proto.string_val
+        size = sum(map(len, given)) + max(0, count - len(given)) * (len(given[-1]) if given else 0) + count
+    else:
+        size = count * (dtype.itemsize if dtype is not None else tf.as_dtype(proto.dtype).size)
     if size > max_bytes:
         raise ServingError("INVALID_ARGUMENT", f"input '{name}': a tensor of shape {dims} ({size} bytes) exceeds "
                                                f"the limit of {max_bytes} bytes")
@@ -151,7 +154,7 @@ class _Guard:
             status = error.code
         elif error is not None and not isinstance(error, (grpc.RpcError, grpc.aio.AbortError)):
             status, error = "INTERNAL", ServingError("INTERNAL", f"{type(error).__name__}: {error}")
-        self.core.metrics.observe(self.model, self.api, status, time.perf_counter() - self.start)
+        self.core.observe(self.model, self.api, status, time.perf_counter() - self.start)
         return error if isinstance(error, ServingError) else None
 
     def __exit__(self, kind, error, tb):
@@ -332,6 +335,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         with _Guard(self.core, context, "reload_config", ""):
             try:
                 models = models_from_proto(request.config)
+                self.core.request_log.check(models)  # before anything changes
             except NotAModelConfigList as e:  # an empty request included: nothing changes
                 raise ServingError("INVALID_ARGUMENT", NOT_A_LIST_REQUEST) from e
             except ValueError as e:

@@ -16,7 +16,7 @@ import os
 import random
 import threading
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
@@ -42,18 +42,48 @@ class _ModelLog:
         self.file, self.sequence = None, 0
 
 
-class RequestLog:
-    """Writes sampled requests of the models whose config has a `logging_config`; thread-safe."""
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
 
-    def __init__(self, max_file_bytes: int = 64 << 20, max_file_seconds: float = 300.0):
-        self.max_file_bytes, self.max_file_seconds = max_file_bytes, max_file_seconds
+
+class RequestLog:
+    """Writes sampled requests of the models whose config has a `logging_config`; thread-safe.
+
+    Where: under `root` (--request_log_dir; a relative filename_prefix is taken inside it), or without one in
+    the folders of the `trusted` models' prefixes (the config the server started with). A config naming a prefix
+    elsewhere is refused (ValueError), so a remote ReloadConfigRequest cannot make the server write files
+    anywhere. How much: at most `max_bytes` in all; beyond, records are dropped with one error."""
+
+    def __init__(self, max_file_bytes: int = 64 << 20, max_file_seconds: float = 300.0, *,
+                 max_bytes: int = 1 << 30, root: Optional[str] = None, trusted: List = ()):
+        self.max_file_bytes, self.max_file_seconds, self.max_bytes = max_file_bytes, max_file_seconds, max_bytes
+        self.root = os.path.realpath(root) if root else None
+        self.folders = [self.root] if root else sorted({os.path.dirname(os.path.realpath(m.logging[0]))
+                                                        for m in trusted})
+        self.written, self._full_logged = 0, False
         self._lock = threading.Lock()
         self._models: Dict[str, _ModelLog] = {}
+        self.check(trusted)
+
+    def prefix(self, given: str) -> str:
+        """The path a logging_config's filename_prefix names (relative ones inside --request_log_dir)."""
+        return os.path.realpath(os.path.join(self.root, given) if self.root else given)
+
+    def check(self, models: List) -> None:
+        """ValueError naming the first model whose request log would lie outside the allowed folders."""
+        for m in models:
+            if m.logging and not any(_inside(self.prefix(m.logging[0]), f) for f in self.folders):
+                allowed = ", ".join(self.folders) or "none: the server started without request logging"
+                raise ValueError(f"model '{m.name}': logging_config filename_prefix '{m.logging[0]}' is outside "
+                                 f"the folders request logs may be written to ({allowed}); start the server with "
+                                 "--request_log_dir to choose one")
 
     def configure(self, models: List) -> None:
-        """Takes the logging settings of `models` (ModelConfig); models no longer logged get their file closed."""
+        """Takes the logging settings of `models` (ModelConfig, checked); models no longer logged get their file
+        closed."""
+        self.check(models)
         with self._lock:
-            wanted = {m.name: m.logging for m in models if m.logging}
+            wanted = {m.name: (self.prefix(m.logging[0]), m.logging[1]) for m in models if m.logging}
             for name in list(self._models):
                 entry = self._models[name]
                 if name not in wanted or wanted[name] != (entry.prefix, entry.rate):
@@ -89,6 +119,13 @@ class RequestLog:
             target = self._models.get(model)
             if target is None:
                 return
+            if self.written + len(data) > self.max_bytes:
+                if not self._full_logged:
+                    log.error("request logs reached --request_log_max_bytes (%d bytes); not logging further "
+                              "requests", self.max_bytes)
+                    self._full_logged = True
+                return
+            self.written += len(data)
             try:
                 if target.file is None:
                     target.sequence += 1

@@ -14,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import errno
 import json
+import logging
 import re
+import resource
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +37,7 @@ from serving.errors import HTTP_STATUS, ServingError
 from serving.grpc_service import PredictionService, tensor_proto
 from serving.repository import version_of
 
+log = logging.getLogger(__name__)
 ROUTE = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
                    r"(?:(?P<metadata>/metadata)|:(?P<verb>predict|classify|regress))?/?$", re.IGNORECASE)
 METRICS_PATH = "/monitoring/prometheus/metrics"
@@ -231,7 +235,7 @@ class RestApi:
                 return 500, {"error": f"{type(e).__name__}: {e}"}, "application/json"
             finally:
                 if model:
-                    self.core.metrics.observe(model, api, status, time.perf_counter() - start)
+                    self.core.observe(model, api, status, time.perf_counter() - start)
 
     def route(self, method: str, path: str, match, body: bytes):
         if method == "GET" and path == METRICS_PATH:
@@ -271,6 +275,7 @@ class RestApi:
         examples = payload.get("examples")
         if not isinstance(examples, list) or not examples:
             raise ServingError("INVALID_ARGUMENT", "'examples' must be a non-empty list of objects")
+        self.core.check_rows(len(examples))
         context = payload.get("context")
         converted = [example_from_json(e, context) for e in examples]
         request = (classification_pb2.ClassificationRequest() if verb == "classify"
@@ -286,6 +291,11 @@ class RestApi:
 
     def predict(self, servable, signature_name: str, payload: dict) -> dict:
         _, function = signature_of(servable, signature_name)
+        given = payload.get("instances", payload.get("inputs"))  # rows are bounded before any is converted
+        if isinstance(given, dict):
+            given = next((v for v in given.values() if isinstance(v, list)), [])
+        if isinstance(given, list):
+            self.core.check_rows(len(given))
         inputs, row = parse_predict(payload, input_specs(function))
         name, outputs = self.core.predict(servable, signature_name, inputs)
         if self.core.request_log.wanted(servable.name):
@@ -379,9 +389,55 @@ class _Exchange(httputil.HTTPMessageDelegate):
             pass
 
 
+_BUSY = _raw_response(503, "too many open connections (--rest_api_max_connections); retry shortly")
+_OUT_OF_HANDLES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
 class _HTTPServer(HTTPServer):
     """Tornado's server, with its bare `400 Bad Request` (a malformed request line, header or chunk) answered
-    with a JSON body like every other error."""
+    with a JSON body like every other error, at most `max_connections` open connections (one more is answered
+    503 and closed), and an accept loop that pauses while the process is out of file handles (Tornado's own
+    retries the failing accept on every loop turn, spinning and flooding the log)."""
+
+    PAUSE_SECONDS = 0.5
+    max_connections = 1 << 30  # set by RestServer
+    _paused_at = 0.0
+
+    def add_sockets(self, sockets):
+        compat.listen(self, sockets, self._accept_handler)
+
+    def _accept_handler(self, loop, sock, handle):
+        def accept(fd, events):
+            for _ in range(128):
+                if getattr(accept, "removed", False):
+                    return
+                try:
+                    connection, address = sock.accept()
+                except BlockingIOError:
+                    return
+                except ConnectionAbortedError:
+                    continue
+                except OSError as e:
+                    if e.errno not in _OUT_OF_HANDLES:
+                        raise
+                    if time.monotonic() - self._paused_at > 60:  # one line a minute, not one a loop turn
+                        log.error("REST: cannot accept connections (%s); accepting again every %.1f s", e,
+                                  self.PAUSE_SECONDS)
+                    self._paused_at = time.monotonic()
+                    loop.remove_handler(sock)
+                    loop.call_later(self.PAUSE_SECONDS, lambda: getattr(accept, "removed", False) or
+                                    loop.add_handler(sock, accept, loop.READ))
+                    return
+                if compat.open_connections(self) >= self.max_connections:
+                    try:
+                        connection.setblocking(False)
+                        connection.send(_BUSY)
+                    except OSError:
+                        pass
+                    connection.close()
+                    continue
+                handle(connection, address)
+        return accept
 
     def handle_stream(self, stream, address):
         compat.answer_bad_requests_with(stream, _MALFORMED)
@@ -396,12 +452,21 @@ class _Delegate(httputil.HTTPServerConnectionDelegate):
         return _Exchange(self.server, request_conn)
 
 
+def default_max_connections() -> int:
+    """Open REST connections the open-file limit allows, keeping 128 handles for model files, request logs and
+    gRPC; at most 4096."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 4096 if soft == resource.RLIM_INFINITY else max(8, min(4096, soft - 128))
+
+
 class RestServer:
     """The REST front door on its own event-loop thread."""
 
     def __init__(self, api: RestApi, host: str, port: int, *, max_body_bytes: int = 16 << 20, threads: int = 8,
-                 timeout_ms: int = 30000, idle_timeout_seconds: float = 60.0, body_timeout_seconds: float = 30.0):
+                 timeout_ms: int = 30000, idle_timeout_seconds: float = 60.0, body_timeout_seconds: float = 30.0,
+                 max_connections: int = 0):
         self.api, self.max_body_bytes, self.timeout = api, max_body_bytes, timeout_ms / 1000
+        self.max_connections = max_connections or default_max_connections()
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="rest")
         sockets = netutil.bind_sockets(port, host)
         self.port = sockets[0].getsockname()[1]
@@ -418,11 +483,15 @@ class RestServer:
         self._server = _HTTPServer(_Delegate(self), idle_connection_timeout=idle_timeout, body_timeout=body_timeout,
                                    max_header_size=1 << 20, max_body_size=self.max_body_bytes,
                                    decompress_request=False)
+        self._server.max_connections = self.max_connections
         self._server.add_sockets(sockets)
         self._started.set()
         self._loop.run_forever()
 
     async def answer(self, exchange: _Exchange, body: bytes) -> None:
+        if exchange.method == "GET" and exchange.path.split("?", 1)[0] in (READY_PATH, METRICS_PATH):
+            exchange.respond(*self.api.handle(exchange.method, exchange.path, body))  # cheap: never queued
+            return  # behind inference in the pool
         work = asyncio.wrap_future(self.pool.submit(self.api.handle, exchange.method, exchange.path, body))
         try:
             status, payload, content_type = await asyncio.wait_for(work, self.timeout)
