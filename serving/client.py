@@ -159,9 +159,10 @@ def classify_images(client, images: list) -> list:
             for n, c, p in zip(names, outputs["classes"], outputs["probabilities"])]
 
 
-def predict_files(client, files: list, out=sys.stdout) -> int:
+def predict_files(client, files: list, out=None) -> int:
     """Prints one line per image file: its class, or why it was refused; returns how many were refused. A
     request the model refuses is retried image by image, so one bad file costs only its own line."""
+    out = out or sys.stdout  # at call time: redirect_stdout and pytest's capture replace it
     refused = 0
     for start in range(0, len(files), BATCH):
         batch, images = files[start:start + BATCH], []

@@ -296,7 +296,8 @@ def test_pushed_model_is_served_over_rest_and_grpc(first_run, tmp_path):
             assert client.main(["predict", str(tmp_path / "folder"), "--image", str(tmp_path / "folder" / "digit0.png"),
                                 "--server", server.rest.split("//")[-1]]) == 1
         lines = printed.getvalue().splitlines()
-        assert len(lines) == 5 and lines[0].startswith(str(tmp_path / "folder" / "digit0.png") + f': "{names[0]}" p=')
+        assert len(lines) == 5, (lines, errors.getvalue())
+        assert lines[0].startswith(str(tmp_path / "folder" / "digit0.png") + f': "{names[0]}" p=')
         assert lines[2].startswith(str(tmp_path / "folder" / "sub" / "broken.png") + ": refused (400: "), lines[2]
         assert [line.split('"')[1] for line in lines[:2] + lines[3:]] == [names[0], names[1], names[2], names[0]]
         assert "1 of 5 images refused" in errors.getvalue()
