@@ -109,7 +109,8 @@ def latest_run(metadata_path: str, pipeline_name: str) -> RunResult:
     state_names = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
     components, outputs = [], {}
     for execution in executions:
-        node = next((c.name.split(".", 1)[-1] for c in store.get_contexts_by_execution(execution.id)
+        node = next((c.name.removeprefix(pipeline_name + ".")  # "<pipeline>.<node id>"; names may hold dots
+                     for c in store.get_contexts_by_execution(execution.id)
                      if store.get_context_types_by_id([c.type_id])[0].name == "node"), str(execution.id))
         seconds = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000
         components.append(ComponentRun(node, state_names.get(execution.last_known_state, "?"), seconds))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import glob
+import hashlib
 import logging
 import os
 import re
@@ -36,7 +38,18 @@ def prepare_data(config: PipelineConfig) -> formats.DataFacts:
         path = formats.write_digits(os.path.abspath(os.path.join(config.output_dir, "data", "digits")))
         spec = dataclasses.replace(spec, path=os.path.dirname(path), format="tfrecord")
     elif "://" not in spec.path:
-        spec = dataclasses.replace(spec, path=os.path.abspath(spec.path))
+        path = os.path.abspath(spec.path)
+        if glob.has_magic(path) and os.path.isdir(path):  # TFX's ExampleGen driver globs the folder's path
+            link = os.path.abspath(os.path.join(config.output_dir, "data", "link-" + hashlib.sha1(
+                path.encode()).hexdigest()[:12]))
+            if os.path.realpath(link) != os.path.realpath(path):
+                os.makedirs(os.path.dirname(link), exist_ok=True)
+                os.symlink(path, link + ".tmp")
+                os.replace(link + ".tmp", link)
+            log.info("--data %s holds glob characters, which TFX's ExampleGen reads as a pattern: read through "
+                     "the link %s", path, link)
+            path = link
+        spec = dataclasses.replace(spec, path=path)
     return formats.probe(spec)
 
 

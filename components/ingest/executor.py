@@ -5,6 +5,7 @@ The probe (formats.probe) has read the whole span before this runs; what it deci
 custom_config. A problem found here anyway (a file changed since, an image whose header reads but
 whose body does not) is a DataError naming the file, unless skip_bad_files leaves it out.
 """
+import glob
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ def _files_to_examples(pipeline: beam.Pipeline, exec_properties: dict, split_pat
     skip, max_pixels = bool(config.get("skip_bad_files")), int(config["max_image_pixels"])
     pixel_range = tuple(config["pixel_range"]) if config.get("pixel_range") else None
     pattern = os.path.join(exec_properties["input_base"], split_pattern)
-    files = tf.io.gfile.glob(pattern)
+    files = tf.io.gfile.glob(os.path.join(glob.escape(exec_properties["input_base"]), split_pattern))
     if not files:
         raise formats.DataError(f"{pattern}: matches no files.")
     if fmt == "tfrecord":

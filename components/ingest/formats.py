@@ -236,7 +236,9 @@ def _latest_span(path: str) -> Tuple[str, str, int]:
 
 
 def _files(folder: str) -> List[str]:
-    return sorted(p for p in tf.io.gfile.glob(os.path.join(folder, "*")) if not tf.io.gfile.isdir(p))
+    """The files in `folder` (listed, not globbed: a name may hold glob characters, as `cats[1]`)."""
+    paths = (os.path.join(folder, name) for name in tf.io.gfile.listdir(folder))
+    return sorted(p for p in paths if not tf.io.gfile.isdir(p))
 
 
 def _subfolders(folder: str) -> List[str]:
