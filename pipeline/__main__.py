@@ -10,6 +10,7 @@ import gc
 import logging
 import os
 import sys
+import tempfile
 import time
 from typing import Callable, Optional
 
@@ -328,6 +329,16 @@ def _not_pushed(refusal: str) -> str:
     return "NOT pushed:\n  " + (refusal or "see the log above").replace("\n", "\n  ")
 
 
+def _unwritable(folder: str) -> str:
+    """Why the run could not write under `folder` ('' when it can): tried, not guessed from permissions."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            return ""
+    except OSError as e:
+        return e.strerror or str(e)
+
+
 def cmd_run(args, parser) -> int:
     """Runs the pipeline with the local runner, or its compiled Kubeflow spec here (--runner kubeflow-local)."""
     _quiet(args.verbose)
@@ -335,6 +346,10 @@ def cmd_run(args, parser) -> int:
     from components.ingest.formats import DataError
 
     start = time.time()
+    problem = _unwritable(config.output_dir)
+    if problem:
+        print(f"error: --output {config.output_dir}: {problem}; choose a folder you can write to.", file=sys.stderr)
+        return 2
     if args.runner == "kubeflow-local":
         from pipeline import kubeflow_runner
 

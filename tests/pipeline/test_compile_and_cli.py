@@ -79,6 +79,14 @@ def test_report_without_runs_exits_2(tmp_path):
     assert proc.returncode == 2 and "no runs under" in proc.stderr
 
 
+def test_an_output_folder_that_cannot_be_written_exits_2_before_anything_runs(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    proc = cli("run", "--output", str(tmp_path / "a_file" / "out"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"error: --output {tmp_path / 'a_file' / 'out'}: Not a directory; choose a folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_missing_data_folder_exits_2(tmp_path):
     proc = cli("run", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "out"), timeout=120)
     assert proc.returncode == 2
