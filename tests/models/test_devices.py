@@ -29,7 +29,8 @@ def test_mirrored_path_builds_and_trains_a_model_on_cpu():
 
     strategy = make_strategy(DevicePlan("mirrored", ("/cpu:0",), False))
     assert isinstance(strategy, tf.distribute.MirroredStrategy)
-    hp = {"conv_filters": [4], "dense_units": 8, "convnet_filters": [4, 8], "dropout": 0.0, "learning_rate": 1e-2}
+    hp = {"conv_filters": [4], "dense_units": 8, "convnet_filters": [4, 8], "dropout": 0.0, "learning_rate": 1e-2,
+          "bn_momentum": 0.9}
     for name in ("small_cnn", "convnet"):  # BatchNorm under MirroredStrategy too
         with strategy.scope():
             model = networks.compile_model(networks.build(name, (8, 8, 1), 3, hp), hp["learning_rate"])
