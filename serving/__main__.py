@@ -99,7 +99,7 @@ def load_batching(path):
         return BatchingParameters.parse(f.read(), where=path)
 
 
-def watch_config(path: str, seconds: float, apply, stop: threading.Event) -> None:
+def watch_config(path: str, seconds: float, apply, stop: threading.Event, metrics=None) -> None:
     """Re-reads the model config file every `seconds`; applies a changed one. A file that does not parse,
     holds an invalid entry or no model_config_list (an empty one included) changes nothing: it is logged
     and the previous config stays, as TF Serving's polling does."""
@@ -114,6 +114,8 @@ def watch_config(path: str, seconds: float, apply, stop: threading.Event) -> Non
                 apply(parse_config_file(path))
         except Exception as e:  # a bad edit must not stop the server; the previous config stays
             log.error("model config %s not applied: %s", path, e)
+        if metrics is not None:
+            metrics.config_polls += 1
 
 
 def main(argv=None) -> int:
@@ -187,7 +189,8 @@ def main(argv=None) -> int:
     stop = threading.Event()
     if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
         threading.Thread(target=watch_config, daemon=True, name="config-poller", args=(
-            args.model_config_file, args.model_config_file_poll_wait_seconds, core.reconfigure, stop)).start()
+            args.model_config_file, args.model_config_file_poll_wait_seconds, core.reconfigure, stop,
+            core.metrics)).start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(0.5):

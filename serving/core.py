@@ -346,6 +346,7 @@ class Metrics:
 
     def __init__(self):
         self._lock = threading.Lock()
+        self.config_polls = 0  # finished reads of --model_config_file (serving.__main__.watch_config)
         self.counts = collections.Counter()
         self.latency = collections.defaultdict(lambda: [0.0, 0] + [0] * len(self.BUCKETS))
 
@@ -379,6 +380,10 @@ class Metrics:
             for version in versions:
                 lines.append(f':tensorflow:core:servable_state{{model_name="{label(model)}",version="{version}",'
                              f'state="AVAILABLE"}} 1')
+        lines.append("# TYPE :tensorflow:serving:file_system_polls counter")  # ours: finished version scans
+        lines.append(f":tensorflow:serving:file_system_polls {repository.polls}")
+        lines.append("# TYPE :tensorflow:serving:config_file_polls counter")  # ours: reads of --model_config_file
+        lines.append(f":tensorflow:serving:config_file_polls {self.config_polls}")
         if batcher is not None:
             lines.append("# TYPE :tensorflow:serving:batch_size counter")
             for size, n in sorted(batcher.batches.items()):

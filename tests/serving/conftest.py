@@ -101,6 +101,23 @@ def server(model_base, tmp_path_factory):
     s.stop()
 
 
+def wait_for_polls(server, kind: str = "file_system", polls: int = 3, timeout: float = 30) -> None:
+    """Returns once the server has finished `polls` more scans of `kind` (file_system: version folders;
+    config_file: --model_config_file), read from its metrics page: what a test that asserts that nothing
+    changed waits for, rather than a time that passes whether or not the server looked."""
+    import re
+    import urllib.request
+
+    def count() -> int:
+        with urllib.request.urlopen(server.rest + "/monitoring/prometheus/metrics", timeout=10) as r:
+            return int(re.search(rf"^:tensorflow:serving:{kind}_polls (\d+)$", r.read().decode(), re.M).group(1))
+
+    target, deadline = count() + polls, time.time() + timeout
+    while count() < target:
+        assert time.time() < deadline, f"the server finished fewer than {polls} {kind} polls in {timeout} s"
+        time.sleep(0.05)
+
+
 def start_server(args, workdir):
     return Server(args, str(workdir))
 

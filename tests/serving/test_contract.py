@@ -18,7 +18,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      inference_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
-from tests.serving.conftest import start_server, write_half_plus_two
+from tests.serving.conftest import start_server, wait_for_polls, write_half_plus_two
 
 pytestmark = pytest.mark.xdist_group("serving_contract")
 
@@ -243,7 +243,7 @@ def test_hot_swap_loses_no_request_and_ignores_half_written_versions(tmp_path):
         while time.time() - pushed < 30 and {"predictions": [2.0]} not in answers[-5:]:
             time.sleep(0.1)
         swapped_after = time.time() - pushed
-        time.sleep(1.0)
+        wait_for_polls(server, polls=5)  # scans that saw the half-written version 3, answers after the swap
         stop.set()
         for t in threads:
             t.join()

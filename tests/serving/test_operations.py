@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_log_pb2)
 
-from tests.serving.conftest import start_server, write_half_plus_two
+from tests.serving.conftest import start_server, wait_for_polls, write_half_plus_two
 from tests.serving.test_contract import http
 
 pytestmark = pytest.mark.xdist_group("serving_operations")
@@ -180,7 +180,7 @@ def test_a_version_whose_variables_land_late_is_loaded_once_complete(tmp_path):
     try:
         (base / "2").mkdir()
         shutil.copy(tmp_path / "full" / "saved_model.pb", base / "2")
-        time.sleep(2.0)  # several polls with saved_model.pb alone
+        wait_for_polls(server, polls=10)  # 2 s of scans with saved_model.pb alone, past the 1 s settle time
         (base / "2" / "variables").mkdir()
         index, = glob.glob(str(tmp_path / "full" / "variables" / "variables.index"))
         shutil.copy(index, base / "2" / "variables")
@@ -188,7 +188,7 @@ def test_a_version_whose_variables_land_late_is_loaded_once_complete(tmp_path):
         data = open(shard, "rb").read()
         with open(base / "2" / "variables" / os.path.basename(shard), "wb") as f:
             f.write(data[: len(data) // 2])  # a shard still being written
-        time.sleep(2.0)
+        wait_for_polls(server, polls=10)
         assert http(server, "POST", "/v1/models/half_plus_two:predict", {"instances": [2.0]})[1] == \
             {"predictions": [3.0]}  # version 1 still serves
         with open(base / "2" / "variables" / os.path.basename(shard), "wb") as f:
@@ -232,7 +232,7 @@ def test_reloads_that_are_not_a_model_config_list_change_nothing(tmp_path):
                          f'config {{ name: "c" base_path: "{tmp_path / "c"}" }} }}'):
             config.with_suffix(".tmp").write_text(text)
             os.replace(config.with_suffix(".tmp"), config)
-            time.sleep(1.0)  # five polls
+            wait_for_polls(server, "config_file", polls=5)
             assert serves_a() and http(server, "GET", "/v1/models/c")[0] == 404, text
         log = open(server.log_path).read()
         assert "Cannot transition to requested config" in log and "multiple times in config list" in log
