@@ -226,7 +226,7 @@ def _base_model(fn_args, config, image_shape):
         return None, "from scratch (no model pushed yet)" if resolved else config.get("start", "from scratch")
     uri = os.path.dirname(fn_args.base_model)  # fn_args.base_model is <artifact uri>/Format-Serving
     try:
-        base = transfer.load(transfer.keras_file(uri))
+        base = transfer.load(transfer.keras_file(uri), trust_code=bool(config.get("trust_base_model_code")))
         if resolved:
             transfer.check(base, image_shape)
     except transfer.IncompatibleBaseModel as e:

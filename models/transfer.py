@@ -82,21 +82,21 @@ def keras_file(uri: str) -> str:
     return uri
 
 
-def load(path: str) -> keras.Model:
+def load(path: str, trust_code: bool = False) -> keras.Model:
     """The Keras model at `path`, loaded in Keras' safe mode whatever its format (.keras, .h5, a legacy
     SavedModel, an HDF5 file named .keras): a layer that carries Python code (a Lambda's bytecode) is refused
-    before it can run."""
+    before it can run, unless `trust_code` (--trust-base-model-code)."""
     from tf_keras.src.saving import serialization_lib
 
     try:
-        with serialization_lib.SafeModeScope(True):  # the .h5 and SavedModel loaders read it, not safe_mode=
-            return keras.models.load_model(path, compile=False, safe_mode=True)
+        with serialization_lib.SafeModeScope(not trust_code):  # the .h5 and SavedModel loaders read the scope
+            return keras.models.load_model(path, compile=False, safe_mode=not trust_code)
     except Exception as e:  # unreadable files raise many types
         if "arbitrary code execution" in str(e):
             raise IncompatibleBaseModel(
                 f"--base-model {path}: holds a Lambda layer with Python code, which the pipeline does not run "
-                "from a model file (Keras' safe mode). Replace the Lambda with built-in Keras layers, or save "
-                "the model without it.") from e
+                "from a model file (Keras' safe mode). Replace the Lambda with built-in Keras layers, or pass "
+                "--trust-base-model-code if you trust the file.") from e
         raise IncompatibleBaseModel(f"--base-model {path}: not a loadable Keras model ({type(e).__name__}: "
                                     f"{str(e).splitlines()[0][:200]}). Give a Keras SavedModel folder, a .keras "
                                     "or an .h5 file.") from e

@@ -156,6 +156,8 @@ SETTINGS = (
     Flag("base_model_pixels", "the pixel range --base-model reads; the pipeline's 0..1 images are rescaled to it "
          "(default: from a Rescaling layer at its input or its keras.applications name, else 0..1)", "training",
          choices=("0..1", "0..255", "-1..1")),
+    Flag("trust_base_model_code", "load --base-model even when its Lambda layers carry Python code, which then "
+         "runs in the pipeline (default: refused, Keras' safe mode)", "training", kind="true"),
     Flag("warm_start", "on a new span, train from scratch instead of from the latest pushed model", "training",
          kind="false", name="no_warm_start"),
     Flag("hparams.fine_tune_epochs", "epoch ceiling of warm start and of fine-tuning all layers", "training",
@@ -240,6 +242,8 @@ def config_from_args(args, parser: argparse.ArgumentParser) -> cfg.PipelineConfi
     config.pipeline_name = config.pipeline_name if args.pipeline_name else config.model_name
     if config.base_model_pixels and not config.base_model:
         parser.error("--base-model-pixels describes a --base-model; give one, or leave --base-model-pixels out")
+    if config.trust_base_model_code and not config.base_model:
+        parser.error("--trust-base-model-code is about a --base-model; give one, or leave the flag out")
     weights = config.hparams.backbone_weights
     if weights:
         if not os.path.isfile(weights):

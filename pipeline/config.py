@@ -111,6 +111,7 @@ class PipelineConfig:
     warm_start: bool = True  # new span: start from the float model behind the latest pushed version
     base_model: Optional[str] = None  # the user's Keras model to fine-tune (replaces warm start)
     base_model_pixels: Optional[str] = None  # the range the base model reads (models.transfer.PIXELS); None: detected
+    trust_base_model_code: bool = False  # load --base-model outside Keras' safe mode (its Lambda layers run code)
     eval_fraction_buckets: Tuple[int, int] = (4, 1)  # train:eval hash buckets
     seed: int = 0  # seeds training and compression: reruns on the CPU give identical models
     beam_args: List[str] = dataclasses.field(default_factory=list)  # empty: DirectRunner, mode by data size

@@ -132,6 +132,7 @@ def create_pipeline(config: PipelineConfig, data: DataFacts, pipeline_root: str,
         custom_config={**config.trainer_config(data.image_shape, data.class_names),
                        "start": base_model.description if base_model else "from scratch",
                        "base_model_pixels": config.base_model_pixels if config.base_model else None,
+                       "trust_base_model_code": bool(config.base_model and config.trust_base_model_code),
                        "resolved": base_model is LATEST_PUSHED},
         **trainer_inputs).with_id(TRAINER)
     c = config.compression

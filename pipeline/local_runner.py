@@ -75,7 +75,7 @@ def user_base_model(config: PipelineConfig, data: formats.DataFacts) -> dag.Base
     path = config.base_model if "://" in config.base_model else os.path.abspath(config.base_model)
     if "://" not in path:
         try:
-            base = transfer.load(transfer.keras_file(path))
+            base = transfer.load(transfer.keras_file(path), trust_code=config.trust_base_model_code)
             transfer.check(base, data.image_shape)
         except transfer.IncompatibleBaseModel as e:
             raise formats.DataError(str(e)) from e

@@ -50,3 +50,12 @@ def test_the_cli_refuses_such_a_base_model_with_exit_2_and_runs_nothing(tmp_path
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Lambda layer with Python code" in proc.stderr and "Traceback" not in proc.stderr
     assert not os.path.exists(marker)
+
+
+def test_the_opt_in_loads_it_and_its_code_runs(tmp_path):
+    marker = str(tmp_path / "ran")
+    path = str(tmp_path / "trusted.h5")
+    evil_model(marker).save(path, save_format="h5")
+    os.remove(marker)
+    model = transfer.load(path, trust_code=True)  # --trust-base-model-code
+    assert isinstance(model.layers[1], keras.layers.Lambda) and os.path.exists(marker)
