@@ -119,11 +119,22 @@ def test_model_names_from_requests_cannot_forge_or_grow_the_metrics(hostile):
     request.inputs["x"].CopyFrom(tf.make_tensor_proto([1.0]))
     with pytest.raises(grpc.RpcError):
         predict(hostile, request)
-    for i in range(50):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def metrics_page():
+        with urllib.request.urlopen(hostile.rest + "/monitoring/prometheus/metrics", timeout=30) as r:
+            return r.read().decode()
+
+    http(hostile, "GET", "/v1/models/made_up_0")
+    size = len(metrics_page())
+    for i in range(1000):
         http(hostile, "GET", f"/v1/models/made_up_{i}")
     http(hostile, "GET", '/v1/models/a"b')
-    with urllib.request.urlopen(hostile.rest + "/monitoring/prometheus/metrics", timeout=30) as r:
-        page = r.read().decode()
+    http(hostile, "GET", "/v1/models/back%5Cslash")
+    page = metrics_page()
+    assert len(page) <= size + 200, (size, len(page))  # 1,000 made-up names: a few counts' digits more
+    samples = [s for family in text_string_to_metric_families(page) for s in family.samples]  # parses
+    assert {s.labels.get("model_name") for s in samples} <= {"m", "(unknown model)", None}
     assert "fake_metric" not in "\n".join(line for line in page.splitlines() if not line.startswith(":tensorflow"))
     assert all(line.startswith((":tensorflow", "#")) for line in page.splitlines() if line)
     assert "made_up_" not in page and 'a"b' not in page
@@ -196,3 +207,25 @@ def test_out_of_file_handles_the_server_neither_spins_nor_floods_its_log(tmp_pat
     else:
         pytest.fail("REST did not answer again after the slow sockets left")
     assert server.stop() == 0
+
+
+def test_label_values_are_escaped_as_the_exposition_format_asks():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from serving.core import Metrics
+
+    class NoModels:
+        polls = 0
+
+        @staticmethod
+        def loaded_versions():
+            return {}
+
+    metrics = Metrics()
+    name = 'a"b\\c\nfake_metric{a="1"} 42'
+    metrics.observe(name, "predict", "OK", 0.001)
+    page = metrics.render(NoModels(), None)
+    assert "\nfake_metric" not in page
+    counted = [s for f in text_string_to_metric_families(page) for s in f.samples
+               if s.name.startswith(":tensorflow:serving:request_count")]
+    assert [s.labels["model_name"] for s in counted] == [name]  # read back exactly
