@@ -9,6 +9,7 @@ import dataclasses
 import gc
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -333,6 +334,10 @@ def _not_pushed(refusal: str) -> str:
     return "NOT pushed:\n  " + (refusal or "see the log above").replace("\n", "\n  ")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _unwritable(folder: str) -> str:
     """Why the run could not write under `folder` ('' when it can): tried, not guessed from permissions."""
     try:
@@ -371,8 +376,15 @@ def cmd_run(args, parser) -> int:
         return 0 if result.pushed_dir else 1
     from pipeline import local_runner
 
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, and a stop from a scheduler, end the run the same way
+        signal.signal(sig, _interrupt)
     try:
         result = local_runner.run(config)
+    except local_runner.Interrupted as e:
+        print(f"\ninterrupted while {e} {'was' if len(e.components) < 2 else 'were'} running: marked CANCELED "
+              "in ML Metadata, nothing pushed. Rerun the same command: completed components come from the "
+              "cache.", file=sys.stderr)
+        return 130
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

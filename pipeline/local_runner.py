@@ -9,7 +9,7 @@ import os
 import re
 import shutil
 import sys
-from typing import Optional
+from typing import List, Optional
 
 from components.compressor.report import JSON, MARKDOWN, PLOT
 from components.ingest import formats
@@ -130,6 +130,8 @@ def run(config: PipelineConfig) -> lineage.RunResult:
         LocalDagRunner().run(pipeline)
     except Exception as e:  # reported below with what did run
         error = e
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI turns it into this)
+        raise Interrupted(cancel_running(config)) from None
     finally:
         sys.argv = argv
     result = lineage.latest_run(config.metadata_path, config.pipeline_name)
@@ -152,6 +154,46 @@ def data_problem(error: BaseException) -> Optional[str]:
         seen = seen.__cause__ or seen.__context__
     match = re.search(r"(?:DataError|DataAnomaliesError): (.*?)(?: \[while running [^\]]*\])?\s*$", str(error), re.S)
     return match.group(1).strip() if match else None
+
+
+class Interrupted(RuntimeError):
+    """The run was interrupted; `components` were running (now CANCELED in ML Metadata)."""
+
+    def __init__(self, components: List[str]):
+        super().__init__(", ".join(components) or "no component")
+        self.components = components
+
+
+def cancel_running(config: PipelineConfig) -> List[str]:
+    """Marks this pipeline's executions still RUNNING in ML Metadata as CANCELED and removes the output folders
+    they had started (partial, and never published: a rerun writes new ones); returns their components' names."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    if not os.path.exists(config.metadata_path):
+        return []
+    connection = metadata_store_pb2.ConnectionConfig()
+    connection.sqlite.filename_uri = config.metadata_path
+    store = metadata_store.MetadataStore(connection)
+    context = store.get_context_by_type_and_name("pipeline", config.pipeline_name)
+    running = [e for e in (store.get_executions_by_context(context.id) if context else [])
+               if e.last_known_state == metadata_store_pb2.Execution.RUNNING]
+    names = []
+    for execution in running:
+        node = next((c.name.removeprefix(config.pipeline_name + ".") for c in store.get_contexts_by_execution(
+            execution.id) if store.get_context_types_by_id([c.type_id])[0].name == "node"), str(execution.id))
+        names.append(node)
+        # TFX writes an execution's outputs to <pipeline_root>/<node>/<output key>/<execution id>/, registered
+        # in ML Metadata only when published: the started ones are found by that layout.
+        started = glob.glob(os.path.join(glob.escape(os.path.join(config.pipeline_root, node)), "*",
+                                         str(execution.id)))
+        started += glob.glob(os.path.join(glob.escape(os.path.join(config.pipeline_root, node)), ".system",
+                                          "executor_execution", str(execution.id)))
+        for folder in started:
+            shutil.rmtree(folder, ignore_errors=True)
+        execution.last_known_state = metadata_store_pb2.Execution.CANCELED
+    store.put_executions(running)
+    return names
 
 
 class PipelineFailed(RuntimeError):
