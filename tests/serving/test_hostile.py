@@ -229,3 +229,28 @@ def test_label_values_are_escaped_as_the_exposition_format_asks():
     counted = [s for f in text_string_to_metric_families(page) for s in f.samples
                if s.name.startswith(":tensorflow:serving:request_count")]
     assert [s.labels["model_name"] for s in counted] == [name]  # read back exactly
+
+
+def test_readyz_answers_at_once_while_large_requests_hold_the_pool(tmp_path):
+    import threading
+
+    write_half_plus_two(str(tmp_path / "m" / "1"))
+    server = start_server(["--model_name=m", f"--model_base_path={tmp_path / 'm'}", "--rest_api_num_threads=1",
+                           "--max_request_rows=0", f"--max_body_bytes={16 << 20}"], tmp_path)
+    body = {"instances": [0.5] * 1_000_000}  # about 5 MB of JSON: a parse and a run of ~1 s each, one at a time
+    try:
+        threads = [threading.Thread(target=http, args=(server, "POST", "/v1/models/m:predict", body))
+                   for _ in range(10)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)  # the single REST thread is busy with the first, nine wait behind it
+        assert any(t.is_alive() for t in threads)
+        start = time.perf_counter()
+        code, answer = http(server, "GET", "/readyz")
+        seconds = time.perf_counter() - start
+        assert code == 200 and seconds < 1.0, seconds
+        assert any(t.is_alive() for t in threads)  # it did not wait for them
+        for t in threads:
+            t.join(120)
+    finally:
+        server.stop()
