@@ -418,17 +418,44 @@ def cmd_compile(args, parser) -> int:
     return 0
 
 
+def _plain_http(host: str, token: bool, insecure: bool) -> str:
+    """'' for https or no token; a warning for a token over http:// to this machine; an error for one to
+    another machine unless --insecure (then a warning)."""
+    from urllib.parse import urlparse
+
+    url = urlparse(host if "://" in host else "http://" + host)
+    if not token or url.scheme != "http":
+        return ""
+    if url.hostname in ("localhost", "127.0.0.1", "::1") or insecure:
+        return f"warning: the bearer token goes to {host} unencrypted (http://)"
+    return (f"error: --host {host}: the bearer token would cross the network unencrypted; use https://, or "
+            "pass --insecure if you accept that")
+
+
 def cmd_submit(args, parser) -> int:
     """Uploads a compiled spec to Kubeflow Pipelines and starts a run."""
     if not os.path.isfile(args.spec):
         print(f"error: --spec {args.spec}: no such file; write it with `python -m pipeline compile`", file=sys.stderr)
         return 2
+    token = os.environ.get("KF_PIPELINES_TOKEN")
+    if args.token_file:
+        try:
+            with open(args.token_file) as f:
+                token = f.read().strip()
+        except OSError as e:
+            print(f"error: --token-file {args.token_file}: {e.strerror}", file=sys.stderr)
+            return 2
+    problem = _plain_http(args.host, bool(token), args.insecure)
+    if problem:
+        print(problem, file=sys.stderr)
+        if problem.startswith("error"):
+            return 2
     _quiet(False)
     from pipeline import kubeflow_runner
 
     try:
         run_id = kubeflow_runner.submit(args.spec, args.host, args.experiment, args.run_name, args.namespace,
-                                        args.token)
+                                        token)
     except Exception as e:  # kfp raises connection, auth and API errors of many types
         first_line = str(e).splitlines()[0] if str(e) else ""
         print(f"error: could not submit to {args.host}: {type(e).__name__}: {first_line}", file=sys.stderr)
@@ -506,8 +533,11 @@ def _parser() -> tuple:
     sub.add_argument("--experiment", default="Default", help="experiment name (default Default)")
     sub.add_argument("--run-name", help="default: the pipeline's name")
     sub.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
-    sub.add_argument("--token", default=os.environ.get("KF_PIPELINES_TOKEN"),
-                     help="bearer token (default: $KF_PIPELINES_TOKEN)")
+    sub.add_argument("--token-file", metavar="FILE",
+                     help="a file holding the bearer token (default: $KF_PIPELINES_TOKEN; never on the command "
+                          "line, where `ps` shows it)")
+    sub.add_argument("--insecure", action="store_true",
+                     help="send the token over plain http:// to a host that is not this machine")
     rep = command("report", cmd_report, "rebuild (and open) the HTML report of the latest run",
                   "example:\n  python -m pipeline report --output artifacts --open")
     rep.add_argument("--output", default="artifacts")

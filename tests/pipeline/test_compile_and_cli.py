@@ -144,3 +144,17 @@ def test_corrupt_image_found_inside_beam_exits_2_with_one_message(tmp_path):
     assert "2 classes (the folder names), 21 examples: one (11), zero (10)" in proc.stderr  # said before training
     assert not os.listdir(out / "pipeline_root" / "FileBasedExampleGen" / "examples")  # nothing half-written
     assert not (out / "serving").exists()
+
+
+def test_a_token_is_never_sent_over_plain_http_to_another_machine(tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text("{}")
+    token = tmp_path / "token"
+    token.write_text("secret\n")
+    proc = cli("submit", "--spec", str(spec), "--host", "http://kfp.example.com", "--token-file", str(token),
+               timeout=60)
+    assert proc.returncode == 2 and "would cross the network unencrypted" in proc.stderr, proc.stderr[-2000:]
+    assert "secret" not in proc.stderr
+    proc = cli("submit", "--spec", str(spec), "--host", "https://kfp.example.com", "--token-file",
+               str(tmp_path / "missing"), timeout=60)
+    assert proc.returncode == 2 and "--token-file" in proc.stderr and "No such file" in proc.stderr
