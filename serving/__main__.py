@@ -59,7 +59,7 @@ def parse_args(argv=None):
                                    "filename_prefix, relative or absolute, must lie inside it (default: the "
                                    "folders of the startup config's prefixes; a reload cannot add others)")
     flag("--request_log_max_bytes", type=int, default=1 << 30,
-         help="request log bytes this server writes in all; logging stops beyond, with an error")
+         help="request log bytes kept in all; beyond, the oldest complete files are removed")
     flag("--drain_seconds", type=float, default=10.0, help="grace period for in-flight requests on SIGTERM")
     flag("--port_file", help="write 'grpc_port rest_port' here once serving (for tests and scripts)")
     args = p.parse_args(argv)

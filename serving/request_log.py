@@ -52,7 +52,7 @@ class RequestLog:
     Where: under `root` (--request_log_dir; a relative filename_prefix is taken inside it), or without one in
     the folders of the `trusted` models' prefixes (the config the server started with). A config naming a prefix
     elsewhere is refused (ValueError), so a remote ReloadConfigRequest cannot make the server write files
-    anywhere. How much: at most `max_bytes` in all; beyond, records are dropped with one error."""
+    anywhere. How much: at most `max_bytes` in all: beyond, the oldest complete files are removed (rotation)."""
 
     def __init__(self, max_file_bytes: int = 64 << 20, max_file_seconds: float = 300.0, *,
                  max_bytes: int = 1 << 30, root: Optional[str] = None, trusted: List = ()):
@@ -60,7 +60,8 @@ class RequestLog:
         self.root = os.path.realpath(root) if root else None
         self.folders = [self.root] if root else sorted({os.path.dirname(os.path.realpath(m.logging[0]))
                                                         for m in trusted})
-        self.written, self._full_logged = 0, False
+        self.written, self._full_logged = 0, False  # bytes of the files it wrote that are still there
+        self._closed: List[tuple] = []  # (path, bytes) of complete files, oldest first
         self._lock = threading.Lock()
         self._models: Dict[str, _ModelLog] = {}
         self.check(trusted)
@@ -119,12 +120,24 @@ class RequestLog:
             target = self._models.get(model)
             if target is None:
                 return
-            if self.written + len(data) > self.max_bytes:
-                if not self._full_logged:
-                    log.error("request logs reached --request_log_max_bytes (%d bytes); not logging further "
-                              "requests", self.max_bytes)
-                    self._full_logged = True
+            if len(data) > self.max_bytes:
                 return
+            while self.written + len(data) > self.max_bytes:  # rotation: the oldest complete files go first
+                if not self._closed:  # the files being written are the oldest: complete them, then remove
+                    for entry in self._models.values():
+                        self._close(entry)
+                if not self._closed:
+                    break
+                path, size = self._closed.pop(0)
+                try:
+                    os.remove(path)
+                except OSError as e:
+                    log.error("request log %s: %s", path, e)
+                self.written -= size
+                if not self._full_logged:
+                    log.warning("request logs reached --request_log_max_bytes (%d bytes): removing the oldest "
+                                "files as new ones are written", self.max_bytes)
+                    self._full_logged = True
             self.written += len(data)
             try:
                 if target.file is None:
@@ -143,6 +156,7 @@ class RequestLog:
         if entry.file is not None:
             try:
                 entry.file.close()
+                self._closed.append((entry.file.path, entry.file.bytes))
             except OSError as e:
                 log.error("request log of %s: %s", entry.model, e)
             entry.file = None

@@ -105,12 +105,18 @@ def test_a_reload_cannot_make_the_server_write_outside_its_log_folder(hostile, t
     assert not (tmp_path / "anywhere").exists()
 
 
-def test_request_logs_stop_at_their_byte_budget(hostile):
-    for _ in range(40):
-        assert http(hostile, "POST", "/v1/models/m:predict", {"instances": [1.0, 2.0]})[0] == 200
+def test_request_logs_rotate_within_their_byte_budget(hostile):
+    for i in range(40):
+        assert http(hostile, "POST", "/v1/models/m:predict", {"instances": [float(i)]})[0] == 200
     written = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(hostile.logs) for f in files)
-    assert 0 < written <= 3000 + 200  # the budget, plus TFRecord framing
+    assert 0 < written <= 3000 + 40 * 16  # the budget, plus TFRecord framing
     assert "--request_log_max_bytes" in open(hostile.log_path).read()
+    newest = max((os.path.join(d, f) for d, _, files in os.walk(hostile.logs) for f in files), key=os.path.getmtime)
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    logged = [prediction_log_pb2.PredictionLog.FromString(r)
+              for r in tf.data.TFRecordDataset(newest).as_numpy_iterator()]
+    assert tf.make_ndarray(logged[-1].predict_log.request.inputs["x"]).tolist() == [39.0]  # the newest kept
 
 
 def test_model_names_from_requests_cannot_forge_or_grow_the_metrics(hostile):
