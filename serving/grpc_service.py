@@ -190,6 +190,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return self._predict_response(servable, request, name, outputs)
 
     def _inputs(self, request) -> dict:
+        for proto in request.inputs.values():  # the declared rows, before any tensor is built from a fill
+            if proto.tensor_shape.dim:
+                self.core.check_rows(proto.tensor_shape.dim[0].size)
         return {k: tensor_array(v, k, self.max_tensor_bytes) for k, v in request.inputs.items()}
 
     @staticmethod
