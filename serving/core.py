@@ -28,8 +28,10 @@ DEFAULT_SIGNATURE = "serving_default"
 def signature_of(servable: Servable, name: str):
     name = name or DEFAULT_SIGNATURE
     if name not in servable.signatures:
-        raise ServingError("FAILED_PRECONDITION",
-                           f"Serving signature name: \"{name}\" not found in signature def")
+        raise ServingError("FAILED_PRECONDITION",  # TF Serving's words, then what the model does take
+                           f"Serving signature name: \"{name}\" not found in signature def (this model has "
+                           + ", ".join(f"{n}({', '.join(input_specs(f))})" for n, f in sorted(servable.signatures.items()))
+                           + ")")
     return name, servable.signatures[name]
 
 

@@ -263,3 +263,9 @@ def test_readyz_answers_at_once_while_large_requests_hold_the_pool(tmp_path):
             t.join(120)
     finally:
         server.stop()
+
+
+def test_an_unknown_signature_is_answered_with_the_ones_the_model_has(hostile):
+    code, body = http(hostile, "POST", "/v1/models/m:predict", {"signature_name": "nope", "instances": [1.0]})
+    assert code == 400 and body["error"].startswith('Serving signature name: "nope" not found in signature def')
+    assert "serving_default(x)" in body["error"] and "two_inputs(pair, tag)" in body["error"]
