@@ -114,8 +114,11 @@ class Executor(base_executor.BaseExecutor):
             return [FitClock(seconds),  # first: its clock starts before the other callbacks' start of training
                     keras.callbacks.TensorBoard(os.path.join(run_dir, stage), histogram_freq=HISTOGRAM_FREQ)]
 
-        with strategy.scope():
-            baseline = compile_fn(keras.models.load_model(data.keras_model_path(baseline_uri), compile=False))
+        from tf_keras.src.saving import serialization_lib
+
+        with strategy.scope(), serialization_lib.SafeModeScope(True):  # a model file never runs code
+            baseline = compile_fn(keras.models.load_model(data.keras_model_path(baseline_uri), compile=False,
+                                                          safe_mode=True))
         image_shape = tuple(json.loads(p["image_shape"]))
         decoded = tuple(tft_output.transformed_feature_spec()[contract.IMAGE_KEY].shape)
         if decoded != image_shape:
