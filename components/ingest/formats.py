@@ -106,8 +106,13 @@ def to_uint8(values: np.ndarray, pixel_range: Range) -> np.ndarray:
 
 
 def _read(path: str) -> bytes:
-    with tf.io.gfile.GFile(path, "rb") as f:
-        data = f.read()
+    """The file's bytes; a file that cannot be read (a symlink loop, no permission) is a DataError naming it."""
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            data = f.read()
+    except tf.errors.OpError as e:
+        raise DataError(f"{path}: cannot be read ({e.message.splitlines()[0] if e.message else type(e).__name__})"
+                        ". Remove or fix it, or pass --skip-bad-files to leave it out.") from None
     return gzip.decompress(data) if path.endswith(".gz") else data
 
 
@@ -235,14 +240,42 @@ def _latest_span(path: str) -> Tuple[str, str, int]:
     return "span-{SPAN}/", os.path.join(path, max(spans)[1].rstrip("/")), max(spans)[0]
 
 
+def _listdir(folder: str) -> List[str]:
+    """tf.io.gfile.listdir, with a DataError naming a file name that is not UTF-8 (TensorFlow cannot list, glob
+    or open such a folder, so it cannot be left out either)."""
+    try:
+        return tf.io.gfile.listdir(folder)
+    except UnicodeDecodeError:
+        names = [n for n in os.listdir(os.fsencode(folder)) if not _utf8(n)]
+        raise DataError(f"{folder}: {len(names)} file name{'s' if len(names) > 1 else ''} that {'are' if len(names) > 1 else 'is'} "
+                        f"not UTF-8 ({', '.join(repr(n)[2:-1] for n in names[:MAX_LISTED])}): TensorFlow cannot read "
+                        "such a folder; rename them (e.g. `convmv -f latin1 -t utf8 --notest`).") from None
+
+
+def _size(path: str) -> int:
+    """Bytes of `path`; -1 for one that cannot be looked at (a symlink loop, a broken link)."""
+    try:
+        return tf.io.gfile.stat(path).length
+    except tf.errors.OpError:
+        return -1
+
+
+def _utf8(name: bytes) -> bool:
+    try:
+        name.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def _files(folder: str) -> List[str]:
     """The files in `folder` (listed, not globbed: a name may hold glob characters, as `cats[1]`)."""
-    paths = (os.path.join(folder, name) for name in tf.io.gfile.listdir(folder))
+    paths = (os.path.join(folder, name) for name in _listdir(folder))
     return sorted(p for p in paths if not tf.io.gfile.isdir(p))
 
 
 def _subfolders(folder: str) -> List[str]:
-    return sorted(name.rstrip("/") for name in tf.io.gfile.listdir(folder)
+    return sorted(name.rstrip("/") for name in _listdir(folder)
                   if not name.startswith(".") and tf.io.gfile.isdir(os.path.join(folder, name)))
 
 
@@ -558,6 +591,11 @@ def probe(spec) -> DataFacts:
             raise DataError(f"{len(scan.bad)} unreadable files or records in {folder}:\n  {listed}\n"
                             "Fix or remove them, or pass --skip-bad-files to leave them out.")
         decisions.append(f"{len(scan.bad)} unreadable files or records left out (--skip-bad-files)")
+    unstatable = [f for f in scan.files if _size(f) < 0]
+    if unstatable:  # TFX's ExampleGen driver stats every file its pattern matches: nothing can leave these out
+        raise DataError(f"{len(unstatable)} files that cannot even be looked at (a symlink loop or a broken link): "
+                        f"{', '.join(unstatable[:MAX_LISTED])}. TFX's ExampleGen reads the size of every file it "
+                        "matches, so --skip-bad-files cannot leave them out: remove them.")
     shape, resized, shape_source = _decide_shape(scan, tuple(spec.image_shape) if spec.image_shape else None)
     class_names, counts, class_source = _decide_classes(scan, spec, fmt)
     pixel_range, range_source = _decide_range(scan, tuple(spec.pixel_range) if spec.pixel_range else None)
@@ -569,7 +607,7 @@ def probe(spec) -> DataFacts:
     return DataFacts(path=spec.path, format=fmt, input_pattern=spec.input_pattern or scan.pattern,
                      image_shape=tuple(int(d) for d in shape), class_names=class_names,
                      image_feature=spec.image_feature, label_feature=spec.label_feature, span=span,
-                     num_files=len(scan.files), num_bytes=sum(tf.io.gfile.stat(f).length for f in scan.files),
+                     num_files=len(scan.files), num_bytes=sum(map(_size, scan.files)),  # all statable: checked above
                      class_counts=counts, resized=resized, skipped=tuple(scan.skipped + scan.bad),
                      shape_source=shape_source, class_source=class_source, decisions=tuple(decisions),
                      skip_bad_files=spec.skip_bad_files, pixel_range=pixel_range, range_source=range_source,

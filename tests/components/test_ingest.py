@@ -344,3 +344,28 @@ def test_graph_decode_refuses_a_bomb_from_its_header(tmp_path):
         with pytest.raises(tf.errors.InvalidArgumentError, match=r"image of 256000000 pixels is over the limit of "
                                                                  r"40000000 pixels per image"):
             preprocessing.decode_batch(tf.constant([_bomb(fmt)]), (8, 8, 1))
+
+
+def _two_class_folder(root):
+    for c in "ab":
+        os.makedirs(root / c)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / c / f"{i}.png")
+
+
+def test_a_file_name_that_is_not_utf8_is_a_data_error_naming_it(tmp_path):
+    _two_class_folder(tmp_path)
+    with open(os.fsencode(str(tmp_path / "a")) + b"/\xff\xfe.png", "wb") as f:
+        f.write(b"x")
+    for skip in (False, True):  # TensorFlow cannot list such a folder, so it cannot be left out either
+        with pytest.raises(formats.DataError, match=r"1 file name that is not UTF-8 \(\\xff\\xfe.png\).*rename"):
+            formats.probe(dataclasses.replace(DataSpec(), path=str(tmp_path), skip_bad_files=skip))
+
+
+def test_a_symlink_loop_is_a_bad_file_and_one_data_error_even_when_skipping(tmp_path):
+    _two_class_folder(tmp_path)
+    os.symlink("loop.png", tmp_path / "b" / "loop.png")
+    with pytest.raises(formats.DataError, match="(?s)1 unreadable files.*loop.png.*--skip-bad-files"):
+        formats.probe(dataclasses.replace(DataSpec(), path=str(tmp_path)))
+    with pytest.raises(formats.DataError, match="symlink loop or a broken link.*loop.png.*remove them"):
+        formats.probe(dataclasses.replace(DataSpec(), path=str(tmp_path), skip_bad_files=True))
