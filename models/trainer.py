@@ -162,7 +162,9 @@ def run_fn(fn_args) -> None:
                 pixels, why = transfer.pixels_for(base, config.get("base_model_pixels"))
                 log.info("The base model reads pixels in %s: %s", pixels, why)
                 hp["base_model_pixels"] = pixels
-                model, features, replaced = transfer.adapt(base, image_shape, num_classes, pixels)
+                model, features, replaced = transfer.adapt(
+                    base, image_shape, num_classes, pixels, config["class_names"],
+                    transfer.trained_classes(os.path.dirname(fn_args.base_model)))
                 if replaced:  # the Keras recipe: the new head on the frozen base, then everything, gently
                     phases = [("new head, base frozen", features, hp["head_epochs"], hp["learning_rate"]),
                               ("fine-tune all layers", None, hp["fine_tune_epochs"], hp["fine_tune_learning_rate"])]

@@ -7,7 +7,7 @@ backbone nested as a layer. Its graph is rebuilt on the pipeline's own `image` i
 models inlined (TFMOT prunes and quantizes only flat graphs); its layers, and so its weights, are reused.
 """
 import os
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import tf_keras as keras
@@ -183,11 +183,13 @@ def check(base: keras.Model, image_shape: Tuple[int, int, int]) -> None:
     adapt(base, image_shape, num_classes=2, pixels="0..1")
 
 
-def adapt(base: keras.Model, image_shape, num_classes: int, pixels: str) -> Tuple[keras.Model, list, Optional[str]]:
+def adapt(base: keras.Model, image_shape, num_classes: int, pixels: str, class_names: Sequence[str] = (),
+          base_classes: Optional[Sequence[str]] = None) -> Tuple[keras.Model, list, Optional[str]]:
     """A model of the pipeline's contract (`image` [H, W, C] input in [0, 1], `probabilities` output) reusing
     `base`'s layers; `pixels` (one of PIXELS) is the range `base` reads, which a Rescaling layer maps [0, 1] to.
 
-    With as many outputs as classes, the whole network is reused (warm start). Otherwise its classifier
+    With as many outputs as classes, the whole network is reused (warm start), unless `base_classes` (the
+    class names it was trained on, when known) are not `class_names`: then, as with another count, its classifier
     top is dropped, as `include_top=False` does in keras.applications: the layers up to its last Flatten /
     global pooling (up to its last Dense layer's input if it has none) get a new Dense head.
     Returns (model, the reused feature layers, why the head was replaced or None if it was kept).
@@ -205,7 +207,8 @@ def adapt(base: keras.Model, image_shape, num_classes: int, pixels: str) -> Tupl
     if head is None:
         raise IncompatibleBaseModel(f"base model '{base.name}' has no Dense layer (its last layer is "
                                     f"'{base.layers[-1].name}'): the pipeline replaces or reuses a Dense head.")
-    if head.units == num_classes and tuple(outputs.shape[1:]) == (num_classes,):
+    other_classes = base_classes is not None and list(base_classes) != list(class_names)
+    if head.units == num_classes and tuple(outputs.shape[1:]) == (num_classes,) and not other_classes:
         last = replay.called[-1]
         if last.name != contract.PROBABILITIES:  # not already this pipeline's contract
             if getattr(last, "activation", None) is not keras.activations.softmax:
@@ -217,5 +220,20 @@ def adapt(base: keras.Model, image_shape, num_classes: int, pixels: str) -> Tupl
     body = keras.Model(inputs, features)
     x = keras.layers.Dense(num_classes, name="new_head")(features)
     outputs = keras.layers.Activation("softmax", dtype="float32", name=contract.PROBABILITIES)(x)
+    why = (f"the base model was trained on other classes ({', '.join(list(base_classes)[:6])}"
+           f"{', …' if len(base_classes) > 6 else ''}) than this data's ({', '.join(list(class_names)[:6])}"
+           f"{', …' if len(class_names) > 6 else ''})" if head.units == num_classes else
+           f"the base model has {head.units} outputs and this data {num_classes} classes")
     return (keras.Model(inputs, outputs), [layer for layer in body.layers if not isinstance(layer, keras.layers.InputLayer)],
-            f"the base model has {head.units} outputs and this data {num_classes} classes")
+            why)
+
+
+def trained_classes(uri: str) -> Optional[List[str]]:
+    """The class names the model at `uri` was trained on, when it says (a pushed version or a Model artifact of
+    this pipeline: assets/class_names.txt); None for a user's own Keras file."""
+    for export_dir in (uri, os.path.join(uri, "Format-Serving"), os.path.dirname(uri)):
+        if os.path.isfile(os.path.join(export_dir, "assets", contract.CLASS_NAMES_FILE)):
+            from models.signatures import class_names_of
+
+            return class_names_of(export_dir)
+    return None

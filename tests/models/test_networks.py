@@ -150,3 +150,15 @@ def test_a_base_model_is_fed_the_pixels_it_was_built_for(pixels):
     np.testing.assert_allclose(model(raw / 255).numpy(), base(own).numpy(), rtol=1e-4, atol=1e-5)
     nested = keras.Sequential([keras.Input(SHAPE), base])  # found inside a nested model too
     assert transfer.input_pixels(nested)[0] == pixels
+
+
+def test_a_base_trained_on_other_classes_of_the_same_count_gets_a_new_head():
+    inputs = keras.Input(SHAPE)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    base = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    ours = ["bar", "diamond", "ring"]
+    _, _, replaced = transfer.adapt(base, SHAPE, 3, "0..1", ours, base_classes=["circle", "square", "star"])
+    assert replaced == "the base model was trained on other classes (circle, square, star) than this data's " \
+                       "(bar, diamond, ring)"
+    assert transfer.adapt(base, SHAPE, 3, "0..1", ours, base_classes=ours)[2] is None  # same classes: warm start
+    assert transfer.adapt(base, SHAPE, 3, "0..1", ours, base_classes=None)[2] is None  # a user's file: by count
