@@ -246,13 +246,15 @@ def test_readyz_answers_at_once_while_large_requests_hold_the_pool(tmp_path):
     write_half_plus_two(str(tmp_path / "m" / "1"))
     server = start_server(["--model_name=m", f"--model_base_path={tmp_path / 'm'}", "--rest_api_num_threads=1",
                            "--max_request_rows=0", f"--max_body_bytes={16 << 20}"], tmp_path)
-    body = {"instances": [0.5] * 1_000_000}  # about 5 MB of JSON: a parse and a run of ~1 s each, one at a time
+    # ~1 MB of JSON each: Python's JSON parse holds the GIL (~0.1 s), so the event loop waits at most one
+    # parse; the 30 requests take seconds, one at a time, on the only REST thread
+    body = {"instances": [0.5] * 200_000}
     try:
         threads = [threading.Thread(target=http, args=(server, "POST", "/v1/models/m:predict", body))
-                   for _ in range(10)]
+                   for _ in range(30)]
         for t in threads:
             t.start()
-        time.sleep(1.0)  # the single REST thread is busy with the first, nine wait behind it
+        time.sleep(1.0)  # the single REST thread is busy, the rest wait behind it
         assert any(t.is_alive() for t in threads)
         start = time.perf_counter()
         code, answer = http(server, "GET", "/readyz")
